@@ -28,8 +28,16 @@ class ConfigError(ValueError):
 
 
 def shipped_path(*parts: str) -> Path:
-    """Path of a file shipped in the ``configs/`` folder (package ``galseg.configs``)."""
-    return Path(str(resources.files("galseg.configs").joinpath(*parts)))
+    """Path of a file shipped in the ``configs/`` folder (package ``galseg.configs``).
+
+    Installed, ``configs/`` is the package ``galseg.configs``; when galseg is
+    imported straight from a source checkout it is the sibling folder.
+    """
+    try:
+        root = Path(str(resources.files("galseg.configs")))
+    except ModuleNotFoundError:
+        root = Path(__file__).resolve().parents[1] / "configs"
+    return root.joinpath(*parts)
 
 
 def read_yaml(path: str | os.PathLike) -> dict:
