@@ -44,8 +44,7 @@ def _summary_rows(data, results):
             "detections": info["nobj"],
             "time_s": round(info["time_s"], 3),
             "from_cache": info["from_cache"],
-            "seg_path": str(band.seg_path),
-            "cat_path": str(band.cat_path),
+            "products": str(band.seg_path.name).removesuffix("_seg.fits") + "_{seg,bkg,cat}",
         })
     return rows
 
@@ -84,7 +83,7 @@ def _cmd_demo(args):
     data = Data.from_survey_version("XDF-demo", "v1", work_dir=args.work_dir)
     if not args.json:
         print(f"galseg {__version__} demo: HST XDF sample, {len(data)} bands, "
-              f"products in {data[0].work_dir}", file=sys.stderr)
+              f"products under {Path(data[0].work_dir).resolve()}", file=sys.stderr)
     results = _segment_all(data, err_type=args.err_type, method=args.method, config="galfind_default",
                            overrides={}, overwrite=args.overwrite, progress=not args.json)
     rows = _summary_rows(data, results)
@@ -105,6 +104,8 @@ def _cmd_demo(args):
         fig.savefig(plot_path, dpi=110, bbox_inches="tight")
         plt.close(fig)
     if args.json:
+        for row, band in zip(rows, data):
+            row.update(seg_path=str(band.seg_path), bkg_path=str(band.bkg_path), cat_path=str(band.cat_path))
         print(json.dumps({"bands": rows, "plot": str(plot_path) if plot_path else None}, indent=2))
     else:
         _print_table(rows)

@@ -83,6 +83,26 @@ PARAMETER_SPEC: dict[str, tuple[str, Any]] = {
     "XML_NAME": ("str", "sex.xml"),
     "HEADER_SUFFIX": ("str", ".head"),
     "FITS_UNSIGNED": ("bool", False),
+    # Accepted so that any SExtractor 2.25 .sex file reads; galseg's own engine
+    # does not use them (they are in NON_SCIENCE; the sextractor backend
+    # passes them on).
+    "WEIGHT_IMAGE": ("strs", ("weight.fits",)),
+    "FLAG_IMAGE": ("strs", ("flag.fits",)),
+    "FLAG_TYPE": ("strs", ("OR",)),
+    "DGEO_TYPE": ("str", "NONE"),
+    "DGEO_IMAGE": ("str", "dgeo.fits"),
+    "ASSOC_NAME": ("str", "sky.list"),
+    "ASSOC_DATA": ("strs", ("2", "3", "4")),
+    "ASSOC_PARAMS": ("strs", ("2", "3", "4")),
+    "ASSOCCOORD_TYPE": ("str", "PIXEL"),
+    "ASSOC_RADIUS": ("float", 2.0),
+    "ASSOC_TYPE": ("str", "NEAREST"),
+    "ASSOCSELEC_TYPE": ("str", "MATCHED"),
+    "PSF_NAME": ("strs", ("default.psf",)),
+    "PSF_NMAX": ("int", 1),
+    "PATTERN_TYPE": ("str", "RINGS-HARMONIC"),
+    "SOM_NAME": ("str", "default.som"),
+    "XSL_URL": ("str", ""),
 }
 
 # Parameters that cannot change any galseg product (file names, verbosity ...).
@@ -91,6 +111,10 @@ NON_SCIENCE = frozenset({
     "CATALOG_NAME", "CATALOG_TYPE", "CHECKIMAGE_TYPE", "CHECKIMAGE_NAME",
     "VERBOSE_TYPE", "NTHREADS", "WRITE_XML", "XML_NAME", "HEADER_SUFFIX",
     "FITS_UNSIGNED", "PARAMETERS_NAME",
+    "WEIGHT_IMAGE", "FLAG_IMAGE", "FLAG_TYPE", "DGEO_TYPE", "DGEO_IMAGE",
+    "ASSOC_NAME", "ASSOC_DATA", "ASSOC_PARAMS", "ASSOCCOORD_TYPE", "ASSOC_RADIUS",
+    "ASSOC_TYPE", "ASSOCSELEC_TYPE", "PSF_NAME", "PSF_NMAX", "PATTERN_TYPE",
+    "SOM_NAME", "XSL_URL",
 })
 
 

@@ -1,0 +1,482 @@
+"""Background estimation as SExtractor 2.25 does it (``back.c``).
+
+SExtractor measures the sky on a grid of ``BACK_SIZE`` meshes: in each mesh a
+2-sigma clipped mean/sigma sets the range of a histogram, whose clipped mode
+(``2.5 median - 1.5 mean``, or the median when the distribution is skewed)
+is the mesh background and whose clipped width is the mesh sigma.  The mesh
+grid is median filtered (``BACK_FILTERSIZE``, ``BACK_FILTTHRESH``) and
+interpolated with bicubic splines.  The global background sigma
+(``backsig``: the median of the mesh sigmas) sets the detection threshold
+when there is no weight map, and the same mesh statistics run on a weight-
+derived variance map give the ``MAP_WEIGHT`` rescaling factor
+(:mod:`galseg.extract.weights`).
+
+The mesh statistics are computed here, in numba, exactly as ``back.c``
+computes them (same clipping, histogram binning in single precision, mode
+estimator and mesh filtering), because sep exposes only the interpolated
+maps.  The full-resolution background map itself comes from
+``sep.Background``, a C port of the same algorithm; the two agree mesh for
+mesh (see ``tests/test_detect.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import sep
+
+__all__ = ["MeshStatistics", "BackgroundResult", "mesh_statistics", "estimate_background"]
+
+#: SExtractor's "huge number" (define.h): pixels at or below -BIG are "no data".
+BIG = 1e30
+
+# back.h
+_BACK_BUFSIZE = 1048576
+_BACK_MINGOODFRAC = 0.5
+_QUANTIF_NSIGMA = 5
+_QUANTIF_NMAXLEVELS = 4096
+_QUANTIF_AMIN = 4
+
+
+@dataclass
+class MeshStatistics:
+    """Background statistics on SExtractor's mesh grid.
+
+    Attributes
+    ----------
+    back, sigma : ndarray of float32, shape (ny, nx)
+        Mesh background and sigma after bad-mesh replacement and median
+        filtering (``field->back`` / ``field->sigma`` in ``back.c``).
+    backmean, backsig : float
+        Medians of ``back`` and ``sigma`` (SExtractor's global background and
+        background RMS, as printed in its log).
+    mesh_size : tuple of int
+        ``(bw, bh)``: mesh width and height in pixels.
+    """
+
+    back: np.ndarray
+    sigma: np.ndarray
+    backmean: float
+    backsig: float
+    mesh_size: tuple[int, int]
+
+
+@dataclass
+class BackgroundResult:
+    """The background that the engine subtracts, and its noise.
+
+    Attributes
+    ----------
+    background : ndarray of float32
+        Full-resolution background map (constant for ``BACK_TYPE MANUAL``).
+    globalback, globalrms : float
+        SExtractor's ``backmean`` (or ``BACK_VALUE`` for MANUAL) and
+        ``backsig``.
+    rms : ndarray of float32 or None
+        Interpolated mesh-sigma map (SExtractor's ``BACKGROUND_RMS`` check
+        image) for ``BACK_TYPE AUTO``; None for MANUAL.
+    mesh : MeshStatistics
+        The mesh statistics of the science image.
+    """
+
+    background: np.ndarray
+    globalback: float
+    globalrms: float
+    rms: np.ndarray | None
+    mesh: MeshStatistics
+
+
+# --------------------------------------------------------------------------- numba kernels
+@numba.njit(cache=True)
+def _fqmedian(values):
+    n = values.size
+    s = np.sort(values)
+    if n < 2:
+        return s[0]
+    if n & 1:
+        return s[n // 2]
+    return np.float32((np.float64(s[n // 2 - 1]) + np.float64(s[n // 2])) / 2.0)
+
+
+@numba.njit(cache=True)
+def _backguess(histo, nlevels, bmean, bsigma, qscale, qzero):
+    """Clipped mode of a mesh histogram (``backguess`` in back.c)."""
+    eps = 1e-4
+    hcut = nlevelsm1 = nlevels - 1
+    lcut = 0
+    sig = 10.0 * nlevelsm1
+    sig1 = 1.0
+    mea = med = np.float64(bmean)
+    n = 100
+    while True:
+        if not (n > 0 and sig >= 0.1 and abs(sig / sig1 - 1.0) > eps):
+            break
+        n -= 1
+        sig1 = sig
+        total = 0
+        mea = 0.0
+        sig = 0.0
+        lowsum = 0
+        highsum = 0
+        hilow = lcut
+        hihigh = hcut
+        for i in range(lcut, hcut + 1):
+            if lowsum < highsum:
+                lowsum += histo[hilow]
+                hilow += 1
+            else:
+                highsum += histo[hihigh]
+                hihigh -= 1
+            pix = histo[i]
+            total += pix
+            dpix = np.float64(pix) * i
+            mea += dpix
+            sig += dpix * i
+        if hihigh >= 0:
+            lo = histo[hilow] if hilow < nlevels else 0
+            hi = histo[hihigh]
+            den = 2.0 * (lo if lo > hi else hi)
+            med = hihigh + 0.5 + (np.float64(highsum) - np.float64(lowsum)) / den
+        else:
+            med = 0.0
+        if total:
+            mea /= np.float64(total)
+            sig = sig / total - mea * mea
+        sig = math.sqrt(sig) if sig > 0.0 else 0.0
+        ftemp = med - 3.0 * sig
+        lcut = int(ftemp + 0.5 if ftemp > 0.0 else ftemp - 0.5) if ftemp > 0.0 else 0
+        ftemp = med + 3.0 * sig
+        if ftemp < nlevelsm1:
+            hcut = int(ftemp + 0.5 if ftemp > 0.0 else ftemp - 0.5)
+        else:
+            hcut = nlevelsm1
+    if abs(sig) > 0.0:
+        if abs((mea - med) / sig) < 0.3:
+            mean = qzero + (2.5 * med - 1.5 * mea) * qscale
+        else:
+            mean = qzero + med * qscale
+    else:
+        mean = qzero + mea * qscale
+    return np.float32(mean), np.float32(sig * qscale)
+
+
+@numba.njit(cache=True)
+def _mesh_row_stats(data, valid, wvar, use_w, wthresh, y0, h, statlines, bw, nx,
+                    back, sigma, wback, wsigma, j):
+    """Statistics of one row of meshes (backstat + backhisto + backguess)."""
+    width = data.shape[1]
+    step = math.sqrt(2.0 / math.pi) * _QUANTIF_NSIGMA / _QUANTIF_AMIN
+    nstat = statlines.size
+    for m in range(nx):
+        x0 = m * bw
+        mw = min(bw, width - x0)
+        # ---- backstat, first pass: plain mean/sigma for the clipping range
+        mean = 0.0
+        sig2 = 0.0
+        wmean = 0.0
+        wsig2 = 0.0
+        npix = 0
+        for li in range(nstat):
+            y = statlines[li]
+            for x in range(x0, x0 + mw):
+                if not valid[y, x]:
+                    continue
+                if use_w and not (wvar[y, x] < wthresh):
+                    continue
+                pix = np.float64(data[y, x])
+                mean += pix
+                sig2 += pix * pix
+                if use_w:
+                    wp = np.float64(wvar[y, x])
+                    wmean += wp
+                    wsig2 += wp * wp
+                npix += 1
+        if np.float32(npix) < np.float32(mw * nstat * _BACK_MINGOODFRAC):
+            back[j, m] = -BIG
+            sigma[j, m] = -BIG
+            if use_w:
+                wback[j, m] = -BIG
+                wsigma[j, m] = -BIG
+            continue
+        wlcut = np.float32(0.0)
+        whcut = np.float32(0.0)
+        if use_w:
+            wmean /= npix
+            s = wsig2 / npix - wmean * wmean
+            ws = math.sqrt(s) if s > 0.0 else 0.0
+            wlcut = np.float32(wmean - 2.0 * ws)
+            whcut = np.float32(wmean + 2.0 * ws)
+        mean /= npix
+        s = sig2 / npix - mean * mean
+        sd = math.sqrt(s) if s > 0.0 else 0.0
+        lcut = np.float32(mean - 2.0 * sd)
+        hcut = np.float32(mean + 2.0 * sd)
+        # ---- backstat, second pass: clipped mean/sigma
+        mean = 0.0
+        sig2 = 0.0
+        npix = 0
+        wmean = 0.0
+        wsig2 = 0.0
+        wnpix = 0
+        for li in range(nstat):
+            y = statlines[li]
+            for x in range(x0, x0 + mw):
+                if not valid[y, x]:
+                    continue
+                pix32 = data[y, x]
+                if use_w and not (wvar[y, x] < wthresh):
+                    continue
+                if pix32 <= hcut and pix32 >= lcut:
+                    pix = np.float64(pix32)
+                    mean += pix
+                    sig2 += pix * pix
+                    npix += 1
+                    if use_w:
+                        wp32 = wvar[y, x]
+                        if wp32 <= whcut and wp32 >= wlcut:
+                            wp = np.float64(wp32)
+                            wmean += wp
+                            wsig2 += wp * wp
+                            wnpix += 1
+        mean /= npix
+        s = sig2 / npix - mean * mean
+        sd = math.sqrt(s) if s > 0.0 else 0.0
+        bmean = np.float32(mean)
+        bsig = np.float32(sd)
+        nlevels = int(step * npix + 1)
+        if nlevels > _QUANTIF_NMAXLEVELS:
+            nlevels = _QUANTIF_NMAXLEVELS
+        qscale = np.float32(2 * _QUANTIF_NSIGMA * sd / nlevels) if sd > 0.0 else np.float32(1.0)
+        qzero = np.float32(mean - _QUANTIF_NSIGMA * sd)
+        if use_w:
+            wmean /= wnpix
+            s = wsig2 / wnpix - wmean * wmean
+            wsd = math.sqrt(s) if s > 0.0 else 0.0
+            wbmean = np.float32(wmean)
+            wbsig = np.float32(wsd)
+            wnlevels = int(step * wnpix + 1)
+            if wnlevels > _QUANTIF_NMAXLEVELS:
+                wnlevels = _QUANTIF_NMAXLEVELS
+            wqscale = (np.float32(2 * _QUANTIF_NSIGMA * wsd / wnlevels) if wsd > 0.0
+                       else np.float32(1.0))
+            wqzero = np.float32(wmean - _QUANTIF_NSIGMA * wsd)
+        # ---- backhisto: all lines of the mesh, single-precision binning
+        histo = np.zeros(nlevels, np.int64)
+        cste = np.float32(np.float32(0.499999) - qzero / qscale)
+        if use_w:
+            whisto = np.zeros(wnlevels, np.int64)
+            wcste = np.float32(np.float32(0.499999) - wqzero / wqscale)
+        for y in range(y0, y0 + h):
+            for x in range(x0, x0 + mw):
+                if not valid[y, x]:
+                    continue
+                b = int(data[y, x] / qscale + cste)
+                if use_w:
+                    wp32 = wvar[y, x]
+                    if wp32 < wthresh and b < nlevels and b >= 0:
+                        histo[b] += 1
+                        wb = int(wp32 / wqscale + wcste)
+                        if wb >= 0 and wb < wnlevels:
+                            whisto[wb] += 1
+                elif b >= 0 and b < nlevels:
+                    histo[b] += 1
+        back[j, m], sigma[j, m] = _backguess(histo, nlevels, bmean, bsig, np.float64(qscale),
+                                             np.float64(qzero))
+        if use_w:
+            wback[j, m], wsigma[j, m] = _backguess(whisto, wnlevels, wbmean, wbsig,
+                                                   np.float64(wqscale), np.float64(wqzero))
+
+
+@numba.njit(cache=True)
+def _mesh_grid(data, valid, wvar, use_w, wthresh, bw, bh):
+    height, width = data.shape
+    nx = (width - 1) // bw + 1
+    ny = (height - 1) // bh + 1
+    back = np.empty((ny, nx), np.float32)
+    sigma = np.empty((ny, nx), np.float32)
+    wback = np.empty((ny, nx), np.float32)
+    wsigma = np.empty((ny, nx), np.float32)
+    for j in range(ny):
+        y0 = j * bh
+        h = min(bh, height - y0)
+        # Wide images: SExtractor takes the clipping statistics from a subset
+        # of lines (BACK_BUFSIZE), the histogram from all of them.
+        if width * bh > _BACK_BUFSIZE:
+            nlines = _BACK_BUFSIZE // width
+            if h == bh:
+                step = (bh - 1) // nlines + 1
+                nlines = bh // step
+            else:
+                step = (h - 1) // nlines + 1
+                nlines = h // step
+            statlines = np.empty(nlines, np.int64)
+            for k in range(nlines):
+                statlines[k] = y0 + step // 2 + k * step
+        else:
+            statlines = np.arange(y0, y0 + h)
+        _mesh_row_stats(data, valid, wvar, use_w, wthresh, y0, h, statlines, bw, nx,
+                        back, sigma, wback, wsigma, j)
+    return back, sigma, wback, wsigma
+
+
+@numba.njit(cache=True)
+def _filterback(back, sigma, nfx, nfy, fthresh):
+    """Bad-mesh replacement and median filtering (``filterback``)."""
+    ny, nx = back.shape
+    b = back.copy()
+    s = sigma.copy()
+    b2 = back.copy()
+    for py in range(ny):
+        for px in range(nx):
+            if back[py, px] <= -BIG:
+                d2min = BIG
+                nmin = 0
+                val = np.float32(0.0)
+                sval = np.float32(0.0)
+                for y in range(ny):
+                    for x in range(nx):
+                        if back[y, x] > -BIG:
+                            d2 = np.float32((x - px) * (x - px) + (y - py) * (y - py))
+                            if d2 < d2min:
+                                val = back[y, x]
+                                sval = sigma[y, x]
+                                nmin = 1
+                                d2min = d2
+                            elif d2 == d2min:
+                                val += back[y, x]
+                                sval += sigma[y, x]
+                                nmin += 1
+                b2[py, px] = val / nmin if nmin else np.float32(0.0)
+                s[py, px] = sval / nmin if nmin else np.float32(1.0)
+    b[:, :] = b2
+    npx = nfx // 2
+    npy = nfy // 2
+    outb = b.copy()
+    outs = s.copy()
+    for py in range(ny):
+        npy2 = min(npy, ny - 1 - py, py)
+        for px in range(nx):
+            npx2 = min(npx, nx - 1 - px, px)
+            bm = b[py - npy2:py + npy2 + 1, px - npx2:px + npx2 + 1].copy().ravel()
+            sm = s[py - npy2:py + npy2 + 1, px - npx2:px + npx2 + 1].copy().ravel()
+            med = _fqmedian(bm)
+            if abs(med - b[py, px]) >= fthresh:
+                outb[py, px] = med
+                outs[py, px] = _fqmedian(sm)
+            else:
+                outb[py, px] = b[py, px]
+                outs[py, px] = s[py, px]
+    backmean = _fqmedian(outb.ravel())
+    flat = np.sort(outs.ravel())
+    backsig = _fqmedian(flat)
+    if backsig <= 0.0:
+        npos = 0
+        for v in flat:
+            if v > 0.0:
+                npos += 1
+        if 0 < npos < flat.size:
+            backsig = _fqmedian(flat[flat.size - npos:])
+        else:
+            backsig = np.float32(1.0)
+    return outb, outs, backmean, backsig
+
+
+# --------------------------------------------------------------------------- public API
+def _mesh_geometry(shape, back_size, filter_size):
+    height, width = shape
+    bw = min(int(back_size), width)
+    bh = min(int(back_size), height)
+    nx = (width - 1) // bw + 1
+    ny = (height - 1) // bh + 1
+    fw = int(filter_size) if nx > 1 else 1
+    fh = int(filter_size) if ny > 1 else 1
+    return bw, bh, fw, fh
+
+
+def mesh_statistics(data, *, valid=None, wvar=None, wthresh=BIG, back_size=64,
+                    filter_size=3, filter_thresh=0.0):
+    """SExtractor's mesh background statistics of an image.
+
+    Parameters
+    ----------
+    data : 2-D ndarray
+        The image (converted to native float32; not modified).
+    valid : 2-D bool ndarray, optional
+        Pixels that may be used (False: no data).  Default all.
+    wvar : 2-D ndarray, optional
+        Weight-derived variance map on the same grid.  When given, pixels
+        with ``wvar >= wthresh`` are left out of the image statistics, and
+        the same statistics are computed for ``wvar`` itself (needed for
+        ``MAP_WEIGHT`` rescaling), as SExtractor's ``makeback`` does.
+    wthresh : float
+        Variance threshold above which a pixel counts as unweighted.
+    back_size, filter_size, filter_thresh
+        ``BACK_SIZE``, ``BACK_FILTERSIZE``, ``BACK_FILTTHRESH``.
+
+    Returns
+    -------
+    image : MeshStatistics
+    weight : MeshStatistics or None
+        Statistics of ``wvar`` (None when it is not given).
+    """
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if data.ndim != 2:
+        raise ValueError(f"background: expected a 2-D image, got shape {data.shape}")
+    valid = (np.ones(data.shape, bool) if valid is None
+             else np.ascontiguousarray(valid, dtype=bool))
+    use_w = wvar is not None
+    w = (np.ascontiguousarray(wvar, dtype=np.float32) if use_w
+         else np.zeros((1, 1), np.float32))
+    bw, bh, fw, fh = _mesh_geometry(data.shape, back_size, filter_size)
+    back, sigma, wback, wsigma = _mesh_grid(data, valid, w, use_w, np.float32(wthresh), bw, bh)
+    fthresh = np.float32(filter_thresh)
+    fb, fs, bmean, bsig = _filterback(back, sigma, fw, fh, fthresh)
+    image = MeshStatistics(fb, fs, float(bmean), float(bsig), (bw, bh))
+    weight = None
+    if use_w:
+        wfb, wfs, wbmean, wbsig = _filterback(wback, wsigma, fw, fh, fthresh)
+        weight = MeshStatistics(wfb, wfs, float(wbmean), float(wbsig), (bw, bh))
+    return image, weight
+
+
+def estimate_background(data, params, *, valid=None, mesh=None):
+    """The background to subtract, as ``BACK_TYPE`` asks.
+
+    Parameters
+    ----------
+    data : 2-D ndarray of float32
+        Science image (native byte order).
+    params : Params
+        Uses ``BACK_TYPE``, ``BACK_VALUE``, ``BACK_SIZE``, ``BACK_FILTERSIZE``,
+        ``BACK_FILTTHRESH``.
+    valid : 2-D bool ndarray, optional
+        Pixels with data and weight (others are left out of the statistics).
+    mesh : MeshStatistics, optional
+        Mesh statistics already computed for ``data`` / ``valid``.
+
+    Returns
+    -------
+    BackgroundResult
+    """
+    back_type = params["BACK_TYPE"][0].upper()
+    if mesh is None:
+        mesh, _ = mesh_statistics(data, valid=valid, back_size=params["BACK_SIZE"],
+                                  filter_size=params["BACK_FILTERSIZE"],
+                                  filter_thresh=params["BACK_FILTTHRESH"])
+    if back_type == "MANUAL":
+        value = float(params["BACK_VALUE"][0]) if params["BACK_VALUE"] else 0.0
+        background = np.full(data.shape, np.float32(value), dtype=np.float32)
+        return BackgroundResult(background, value, mesh.backsig, None, mesh)
+    if back_type != "AUTO":
+        raise ValueError(f"BACK_TYPE must be AUTO or MANUAL, got {params['BACK_TYPE'][0]!r}")
+    bw, bh = mesh.mesh_size
+    _, _, fw, fh = _mesh_geometry(data.shape, params["BACK_SIZE"], params["BACK_FILTERSIZE"])
+    mask = None if valid is None else ~valid
+    bkg = sep.Background(np.ascontiguousarray(data, dtype=np.float32), mask=mask,
+                         bw=bw, bh=bh, fw=fw, fh=fh, fthresh=float(params["BACK_FILTTHRESH"]))
+    background = bkg.back(dtype=np.float32)
+    rms = bkg.rms(dtype=np.float32)
+    return BackgroundResult(background, mesh.backmean, mesh.backsig, rms, mesh)

@@ -1,0 +1,548 @@
+"""The extraction engine: one entry point, three backends.
+
+`run` takes a science image, its noise map and a `~galseg.extract.params.Params`
+and returns an `~galseg.extract.result.ExtractionResult`.  ``method="sep"`` is
+galseg's own in-process pipeline, faithful to SExtractor 2.25:
+
+1. **background** (:mod:`~galseg.extract.background`): SExtractor's mesh
+   statistics, ``BACK_TYPE AUTO`` (mesh map) or ``MANUAL`` (``BACK_VALUE``);
+2. **weights** (:mod:`~galseg.extract.weights`): the noise map as SExtractor
+   uses it (``MAP_WEIGHT``/``MAP_VAR`` rescaled to the measured noise, no-data
+   pixels, ``INTERP_TYPE`` interpolation);
+3. **detection** (:mod:`~galseg.extract.detect`): SExtractor's filtering and
+   filtered-variance threshold, segmentation and deblending through sep;
+4. **cleaning** (:mod:`~galseg.extract.clean`): SExtractor's CLEAN with merging
+   and its catalogue order, so that segment label == ``NUMBER`` ==
+   SExtractor's ``NUMBER``;
+5. **measurement** (:func:`galseg.extract.measure.measure`): the catalogue.
+
+``method="sextractor"`` runs the SExtractor binary
+(:mod:`galseg.extract.backends.sextractor`) and ``method="photutils"`` the
+photutils backend (:mod:`galseg.extract.backends.photutils`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sep
+
+from .background import BIG, BackgroundResult, estimate_background, mesh_statistics
+from .clean import clean_and_order
+from .detect import Detection, analyse_detections, detect, detection_kernel, filter_image, \
+    threshold_map
+from .params import Params
+from .result import ExtractionResult
+from .weights import WEIGHT_TYPES, interpolate_bad, raw_variance, rescale_factor, \
+    weight_threshold
+
+__all__ = ["run", "detect_sources", "Sources", "METHODS", "OBJECT_FIELDS"]
+
+#: Backends of `run`.
+METHODS = ("sep", "sextractor", "photutils")
+
+# sep's object flag bits (sep.OBJ_*), which `objects["flag"]` keeps
+_SEP_MERGED, _SEP_TRUNC, _SEP_DOVERFLOW, _SEP_SINGU = 1, 2, 4, 8
+# SExtractor FLAGS bits set at detection (types.h)
+OBJ_MERGED, OBJ_TRUNC, OBJ_ISO_PB, OBJ_DOVERFLOW, OBJ_OVERFLOW = 2, 8, 32, 64, 128
+
+#: Fields of `Sources.objects` (sep's ``extract`` fields first, then SExtractor's).
+OBJECT_FIELDS = [
+    ("number", np.int32),
+    ("thresh", np.float32), ("npix", np.int64), ("tnpix", np.int64),
+    ("xmin", np.int64), ("xmax", np.int64), ("ymin", np.int64), ("ymax", np.int64),
+    ("x", np.float64), ("y", np.float64), ("x2", np.float64), ("y2", np.float64),
+    ("xy", np.float64), ("errx2", np.float64), ("erry2", np.float64), ("errxy", np.float64),
+    ("a", np.float32), ("b", np.float32), ("theta", np.float32),
+    ("cxx", np.float32), ("cyy", np.float32), ("cxy", np.float32),
+    ("cflux", np.float32), ("flux", np.float32), ("cpeak", np.float32), ("peak", np.float32),
+    ("xcpeak", np.int64), ("ycpeak", np.int64), ("xpeak", np.int64), ("ypeak", np.int64),
+    ("flag", np.int64), ("sexflags", np.int64),
+    ("isoarea", np.int64), ("flux_iso", np.float32), ("fluxvar_iso", np.float32),
+    ("flux_max", np.float32), ("iso_thresh", np.float32), ("iso", np.int64, (8,)),
+    ("fwhm", np.float32), ("bkg", np.float32), ("abcor", np.float32),
+    ("mthresh", np.float32), ("parent", np.int64), ("nmerged", np.int64),
+]
+
+
+@dataclass
+class Sources:
+    """Detected, deblended and cleaned sources, before measurement.
+
+    Attributes
+    ----------
+    segmap : ndarray of int32
+        Label ``i + 1`` on ``objects[i]`` (== ``NUMBER``), 0 on sky.
+    objects : structured ndarray
+        One row per source in ``NUMBER`` order, fields `OBJECT_FIELDS`; see
+        :func:`detect_sources`.
+    own_segmap : ndarray of int32
+        Like ``segmap`` but only on each source's own pixels: pixels that
+        CLEAN merged into it from swallowed detections are 0.
+    blank : ndarray of bool
+        Pixels SExtractor blanks while measuring (``MASK_TYPE`` BLANK/CORRECT):
+        all pixels above the detection threshold except those of swallowed
+        detections.
+    data : ndarray of float32
+        Background-subtracted, interpolated science image (0 where masked).
+    rms : ndarray of float32
+        Absolute noise per pixel (``inf`` where no data).
+    background : BackgroundResult
+    filtered : ndarray of float32
+        The filtered detection image.
+    thresh : float or ndarray of float32
+        Detection threshold (per pixel, or constant).
+    mask : ndarray of bool
+        Pixels with no usable data (user mask, non-finite science value).
+    meta : dict
+    """
+
+    segmap: np.ndarray
+    objects: np.ndarray
+    own_segmap: np.ndarray
+    blank: np.ndarray
+    data: np.ndarray
+    rms: np.ndarray
+    background: BackgroundResult
+    filtered: np.ndarray
+    thresh: Any
+    mask: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+
+def _native2d(arr, name, shape=None):
+    a = np.asarray(arr)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array, got shape {a.shape}")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} shape {a.shape} differs from the science image shape {shape}")
+    return a
+
+
+def _resolve_gain_satur(params, header):
+    def key(name):
+        if header is None or not params[name]:
+            return None
+        try:
+            v = header.get(params[name])
+            if v is None or isinstance(v, bool):
+                return None
+            v = float(v)
+            return v if np.isfinite(v) else None
+        except (TypeError, ValueError, AttributeError):
+            return None
+    g = key("GAIN_KEY")
+    s = key("SATUR_KEY")
+    return (float(params["GAIN"]) if g is None else g,
+            float(params["SATUR_LEVEL"]) if s is None else s)
+
+
+def _roots(absorber):
+    """Final survivor of every raw object (pointer jumping on the absorber tree)."""
+    root = np.where(absorber < 0, np.arange(absorber.size), absorber)
+    while True:
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            return root
+        root = nxt
+
+
+def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, mask=None):
+    """Background, weights, detection, deblending and CLEAN, SExtractor style.
+
+    Parameters
+    ----------
+    sci : 2-D array
+        Science image, any float dtype and byte order (not modified).
+    rms, wht, var : 2-D arrays, optional
+        The noise map that ``WEIGHT_TYPE`` asks for: absolute rms
+        (``MAP_RMS``), relative inverse variance (``MAP_WEIGHT``) or variance
+        (``MAP_VAR``).
+    params : Params
+    header : FITS header or mapping, optional
+        ``GAIN_KEY`` / ``SATUR_KEY`` are read from it as SExtractor does.
+    mask : 2-D bool array, optional
+        Extra pixels to ignore (as pixels without data: never detected, left
+        out of the background, noise ``inf``).
+
+    Returns
+    -------
+    Sources
+
+    Notes
+    -----
+    ``objects`` fields: sep's ``extract`` fields with SExtractor's meanings
+    (0-based pixel coordinates; ``x``, ``y``, second moments, ``a``, ``b``,
+    ``theta`` [radians], ``cxx``.. are the detection-stage moments of the
+    filtered image, kept unchanged by CLEAN merging, as SExtractor keeps them;
+    ``npix`` = ISOAREAF, ``tnpix`` = detection pixels above threshold,
+    ``cflux``/``flux`` = filtered/unfiltered sums, ``cpeak``/``peak`` peaks,
+    all summed / maximised over merged detections; ``errx2``.. SExtractor's
+    detection position-error moments; ``thresh`` the detection threshold;
+    ``flag`` sep's bits (1 deblended, 2 truncated, 8 singular moments);
+    ``sexflags`` SExtractor's detection FLAGS bits (2, 8, 32)).  SExtractor's
+    isophotal analysis of each detection's own pixels: ``isoarea``
+    (ISOAREA_IMAGE), ``flux_iso``/``fluxvar_iso`` (FLUX_ISO and its variance,
+    summed over merges), ``flux_max``, ``iso_thresh`` (THRESHOLD), ``iso``
+    (ISO0..7), ``fwhm`` (FWHM_IMAGE), ``bkg`` (BACKGROUND).  ``parent`` is the
+    detection (8-connected group) the source was deblended from and
+    ``nmerged`` the number of detections CLEAN merged into it.
+    """
+    if not isinstance(params, Params):
+        params = Params(params)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    sci = _native2d(sci, "sci")
+    shape = sci.shape
+    height = shape[0]
+    image = np.array(sci, dtype=np.float32, order="C", copy=True)
+    hard = ~np.isfinite(image)
+    if mask is not None:
+        m = _native2d(mask, "mask", shape)
+        hard |= m.astype(bool)
+    image[hard] = 0.0
+
+    wtype = params["WEIGHT_TYPE"][0].upper()
+    if wtype not in WEIGHT_TYPES:
+        raise ValueError(f"WEIGHT_TYPE {params['WEIGHT_TYPE'][0]!r} is not supported by the sep "
+                         f"engine; use one of {', '.join(WEIGHT_TYPES)}")
+    argname = WEIGHT_TYPES[wtype]
+    given = {"rms": rms, "wht": wht, "var": var}
+    wmap = None
+    if argname is not None:
+        wmap = given[argname]
+        if wmap is None:
+            raise ValueError(f"WEIGHT_TYPE {wtype} needs the {argname!r} argument "
+                             f"({argname}=None was given)")
+        wmap = _native2d(wmap, argname, shape)
+    if params["DETECT_TYPE"].upper() != "CCD":
+        raise ValueError("DETECT_TYPE PHOTO is not supported by the sep engine (CCD only)")
+
+    # ---- background statistics (with the raw variance map when weighted)
+    wvar0 = nodata = None
+    wthresh = float(np.float32(BIG))
+    if wmap is not None:
+        wvar0, nodata = raw_variance(wtype, wmap)
+        wthresh = weight_threshold(wtype, params)
+        wvar0[hard] = np.float32(BIG)
+    image_mesh, weight_mesh = mesh_statistics(
+        image, valid=~hard, wvar=wvar0, wthresh=wthresh, back_size=params["BACK_SIZE"],
+        filter_size=params["BACK_FILTERSIZE"], filter_thresh=params["BACK_FILTTHRESH"])
+    backsig = image_mesh.backsig
+    sigfac = 1.0
+    sigfac_measured = None
+    if wtype in ("MAP_WEIGHT", "MAP_VAR"):
+        sigfac_measured = rescale_factor(image_mesh, weight_mesh)
+        if params["RESCALE_WEIGHTS"]:
+            sigfac = sigfac_measured
+        else:
+            backsig = float(np.float32(backsig) / np.float32(sigfac_measured))
+    valid_bkg = ~hard if wvar0 is None else (~hard & (wvar0 < np.float32(wthresh)))
+    need_rms_map = wtype == "BACKGROUND"
+    bkg = estimate_background(image, params, valid=valid_bkg, mesh=image_mesh)
+    if need_rms_map and bkg.rms is None:
+        bkg_auto = estimate_background(image, params.replace(BACK_TYPE="AUTO"),
+                                       valid=valid_bkg, mesh=image_mesh)
+        bkg.rms = bkg_auto.rms
+    timings["background"] = time.perf_counter() - t0
+
+    # ---- absolute variance, interpolation of no-data pixels
+    t1 = time.perf_counter()
+    data = image - bkg.background
+    varmap = None
+    n_interp = 0
+    if wmap is not None or need_rms_map:
+        s2 = np.float32(np.float32(sigfac) * np.float32(sigfac))
+        if wtype == "MAP_WEIGHT":
+            w32 = np.asarray(wmap, dtype=np.float32)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                varmap = np.where(nodata, np.float32(BIG), s2 / np.where(nodata, 1, w32))
+        elif wtype == "MAP_VAR":
+            varmap = np.where(nodata, np.float32(BIG), wvar0 * s2)
+        elif wtype == "MAP_RMS":
+            varmap = wvar0
+        else:  # BACKGROUND: the interpolated mesh-sigma map, squared
+            varmap = bkg.rms.astype(np.float32) ** 2
+        varmap = np.ascontiguousarray(varmap, dtype=np.float32)
+        varmap[hard] = np.float32(BIG)
+        interp = params["INTERP_TYPE"][0].upper() if params["INTERP_TYPE"] else "NONE"
+        if interp not in ("NONE", "VAR_ONLY", "ALL"):
+            raise ValueError(f"INTERP_TYPE must be NONE, VAR_ONLY or ALL, got {interp!r}")
+        if interp != "NONE" and wtype != "BACKGROUND":
+            before = varmap >= np.float32(wthresh)
+            interpolate_bad(data, varmap, wthresh, xlag=params["INTERP_MAXXLAG"],
+                            ylag=params["INTERP_MAXYLAG"], with_data=(interp == "ALL"))
+            n_interp = int(np.count_nonzero(before & (varmap < np.float32(wthresh))))
+            varmap[hard] = np.float32(BIG)
+    data[hard] = 0.0
+    if varmap is not None:
+        nodata_final = varmap >= np.float32(BIG)
+        rmsmap = np.sqrt(varmap, dtype=np.float32)
+        rmsmap[nodata_final] = np.inf
+    else:
+        rmsmap = np.full(shape, np.float32(backsig), dtype=np.float32)
+    rmsmap[hard] = np.inf
+    timings["weights"] = time.perf_counter() - t1
+
+    # ---- filtering and threshold
+    t2 = time.perf_counter()
+    kernel = detection_kernel(params)
+    filtered = filter_image(data, kernel) if kernel is not None else data.copy()
+    weighted = varmap is not None
+    if weighted and params["THRESH_TYPE"].upper() != "ABSOLUTE":
+        fvar = filter_image(varmap, kernel) if kernel is not None else varmap
+        thresh = threshold_map(params, fvar=fvar)
+    else:
+        thresh = threshold_map(params, backsig=backsig)
+    timings["filter"] = time.perf_counter() - t2
+
+    # ---- segmentation + deblending (sep)
+    t3 = time.perf_counter()
+    det = detect(filtered, thresh, params)
+    maxarea = int(params["DETECT_MAXAREA"])
+    if maxarea > 0 and len(det.objects):
+        det = _drop_large(det, maxarea)
+    timings["detect"] = time.perf_counter() - t3
+
+    # ---- per-detection analysis, CLEAN and catalogue order
+    t4 = time.perf_counter()
+    gain, satur = _resolve_gain_satur(params, header)
+    props, iso = analyse_detections(det, data, varmap, params, backsig=backsig,
+                                    mesh=image_mesh, gain=gain, satur_level=satur)
+    absorber, order = clean_and_order(
+        props, det.objects, det.parent_ymax + 1, params, height,
+        kernel_height=None if kernel is None else kernel.shape[0])
+    objects, segmap, own, blank = _assemble(det, props, iso, absorber, order, params, height,
+                                            kernel)
+    timings["clean"] = time.perf_counter() - t4
+
+    meta = {
+        "backend": "sep",
+        "sep_version": sep.__version__,
+        "nobj": int(len(objects)),
+        "ndetect": int(len(det.objects)),
+        "nmerged": int(np.count_nonzero(absorber >= 0)),
+        "weight_type": wtype,
+        "weight_scale": float(sigfac),
+        "weight_scale_measured": None if sigfac_measured is None else float(sigfac_measured),
+        "weight_thresh": float(wthresh),
+        "interpolated_pixels": n_interp,
+        "back_type": params["BACK_TYPE"][0].upper(),
+        "backmean": float(image_mesh.backmean),
+        "backsig": float(backsig),
+        "globalback": float(bkg.globalback),
+        "globalrms": float(backsig),
+        "gain": float(gain),
+        "satur_level": float(satur),
+        "detect_thresh": (float(thresh) if np.ndim(thresh) == 0
+                          else {"min": float(np.min(thresh)),
+                                "median": float(np.median(thresh))}),
+        "thresh_type": params["THRESH_TYPE"].upper(),
+        "pixstack": int(det.pixstack),
+        "sub_object_limit": int(det.sub_object_limit),
+        "timings": timings,
+    }
+    return Sources(segmap, objects, own, blank, data, rmsmap, bkg, filtered, thresh, hard, meta)
+
+
+def _drop_large(det: Detection, maxarea: int) -> Detection:
+    """Forget detections larger than DETECT_MAXAREA (SExtractor skips them)."""
+    keep = det.objects["npix"] <= maxarea
+    if keep.all():
+        return det
+    lut = np.zeros(len(keep) + 1, np.int32)
+    lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return Detection(det.objects[keep], lut[det.segmap], det.filtered, det.thresh,
+                     det.parent[keep], det.parent_ymin[keep], det.parent_ymax[keep],
+                     det.pixstack, det.sub_object_limit)
+
+
+def _iso_pb(det: Detection, params, height, kernel):
+    """OBJ_ISO_PB: the detection started above SExtractor's image buffer."""
+    from .clean import strip_geometry
+
+    strip_h, strip_m = strip_geometry(params, height,
+                                      None if kernel is None else kernel.shape[0])
+    if height <= strip_h:
+        return np.zeros(len(det.objects), bool)
+    yc = det.parent_ymax + 1
+    buf_ymin = np.clip(yc - strip_h + strip_m + 1, 0, height - strip_h)
+    buf_ymin = np.where(yc >= height, height - strip_h, buf_ymin)
+    return det.parent_ymin < buf_ymin
+
+
+def _assemble(det, props, iso, absorber, order, params, height, kernel):
+    """Merge swallowed detections into their absorbers and number the survivors."""
+    raw = det.objects
+    nraw = len(raw)
+    nout = len(order)
+    objects = np.zeros(nout, dtype=OBJECT_FIELDS)
+    shape = det.segmap.shape
+    if nraw == 0:
+        empty = np.zeros(shape, np.int32)
+        return objects, empty, empty.copy(), det.filtered > _thresh_arr(det.thresh)
+
+    root = _roots(absorber)
+    number = np.zeros(nraw, np.int64)
+    number[order] = np.arange(1, nout + 1)
+    rnum = number[root]  # NUMBER of each raw object's final survivor
+    idx = rnum - 1
+
+    sexflags = np.zeros(nraw, np.int64)
+    sexflags |= np.where(raw["flag"] & _SEP_MERGED, OBJ_MERGED, 0)
+    sexflags |= np.where(raw["flag"] & _SEP_TRUNC, OBJ_TRUNC, 0)
+    sexflags |= np.where(raw["flag"] & _SEP_DOVERFLOW, OBJ_DOVERFLOW, 0)
+    sexflags |= np.where(_iso_pb(det, params, height, kernel), OBJ_ISO_PB, 0)
+    # a swallowed detection passes on all its flags but MERGED (and CROWDED)
+    passed = np.where(absorber >= 0, sexflags & ~OBJ_MERGED, sexflags)
+    sepflag = np.where(absorber >= 0, raw["flag"] & ~_SEP_MERGED, raw["flag"])
+    agg_sex = np.zeros(nout, np.int64)
+    agg_sep = np.zeros(nout, np.int64)
+    np.bitwise_or.at(agg_sex, idx, passed)
+    np.bitwise_or.at(agg_sep, idx, sepflag & ~_SEP_SINGU)
+
+    src = order  # raw index of each output row (its own moments are kept)
+    for f in ("x", "y", "x2", "y2", "xy", "a", "b", "theta", "cxx", "cyy", "cxy"):
+        objects[f] = raw[f][src]
+    objects["number"] = np.arange(1, nout + 1)
+    objects["errx2"] = props["poserr_mx2"][src]
+    objects["erry2"] = props["poserr_my2"][src]
+    objects["errxy"] = props["poserr_mxy"][src]
+    objects["thresh"] = props["dthresh"][src]
+    objects["abcor"] = props["abcor"][src]
+    objects["mthresh"] = props["mthresh"][src]
+    objects["isoarea"] = props["npix"][src]
+    objects["iso_thresh"] = props["thresh"][src]
+    objects["iso"] = iso[src]
+    objects["fwhm"] = props["fwhm"][src]
+    objects["bkg"] = props["bkg"][src]
+    objects["parent"] = det.parent[src]
+    objects["nmerged"] = np.bincount(idx, minlength=nout) - 1
+
+    def summed(values, dtype):
+        out = np.zeros(nout, np.float64)
+        np.add.at(out, idx, values.astype(np.float64))
+        return out.astype(dtype)
+
+    objects["npix"] = summed(props["fdnpix"], np.int64)
+    objects["tnpix"] = summed(props["dnpix"], np.int64)
+    objects["cflux"] = summed(props["fdflux"], np.float32)
+    objects["flux"] = summed(props["dflux"], np.float32)
+    objects["flux_iso"] = summed(props["flux"], np.float32)
+    objects["fluxvar_iso"] = summed(props["fluxerr"], np.float32)
+    for fmax, fpos in (("fdpeak", ("xcpeak", "ycpeak")), ("dpeak", ("xpeak", "ypeak")),
+                       ("peak", None)):
+        vals = props[fmax].astype(np.float64)
+        # the survivor keeps its own peak unless a swallowed one is strictly higher
+        best = np.full(nout, -np.inf)
+        np.maximum.at(best, idx, vals)
+        own_val = vals[src]
+        holder = src.copy()
+        beat = (vals > own_val[idx]) & (vals == best[idx])
+        holder[idx[beat]] = np.flatnonzero(beat)
+        name = {"fdpeak": "cpeak", "dpeak": "peak", "peak": "flux_max"}[fmax]
+        objects[name] = best.astype(np.float32)
+        if fpos:
+            objects[fpos[0]] = raw[fpos[0]][holder]
+            objects[fpos[1]] = raw[fpos[1]][holder]
+    for f, fn in (("xmin", np.minimum), ("ymin", np.minimum)):
+        v = np.full(nout, np.iinfo(np.int64).max)
+        fn.at(v, idx, raw[f].astype(np.int64))
+        objects[f] = v
+    for f, fn in (("xmax", np.maximum), ("ymax", np.maximum)):
+        v = np.full(nout, np.iinfo(np.int64).min)
+        fn.at(v, idx, raw[f].astype(np.int64))
+        objects[f] = v
+    objects["flag"] = agg_sep | (raw["flag"][src] & _SEP_SINGU)
+    objects["sexflags"] = agg_sex
+
+    lut = np.zeros(nraw + 1, np.int32)
+    lut[1:] = rnum
+    segmap = lut[det.segmap]
+    own_lut = np.zeros(nraw + 1, np.int32)
+    own_lut[1:] = np.where(absorber < 0, rnum, 0)
+    own = own_lut[det.segmap]
+    swallowed = np.zeros(nraw + 1, bool)
+    swallowed[1:] = absorber >= 0
+    blank = (det.filtered > _thresh_arr(det.thresh)) & ~swallowed[det.segmap]
+    return objects, segmap, own, blank
+
+
+def _thresh_arr(thresh):
+    return np.float32(thresh) if np.ndim(thresh) == 0 else thresh
+
+
+def run(sci, *, rms=None, wht=None, var=None, params, method="sep", header=None, wcs=None,
+        mask=None) -> ExtractionResult:
+    """Extract sources from one image, SExtractor 2.25 style.
+
+    Parameters
+    ----------
+    sci : 2-D array
+        Science image (any float dtype and byte order; never modified).
+    rms, wht, var : 2-D arrays, optional
+        The noise map ``WEIGHT_TYPE`` names: ``MAP_RMS`` uses ``rms`` (absolute
+        noise), ``MAP_WEIGHT`` uses ``wht`` (relative inverse variance,
+        rescaled to the measured noise as SExtractor does), ``MAP_VAR`` uses
+        ``var``; ``NONE`` uses the global background rms.
+    params : Params or mapping
+        SExtractor-named parameters (e.g. ``load_config("galfind_default")``).
+    method : {"sep", "sextractor", "photutils"}
+        Backend.
+    header : FITS header, optional
+        Science header (``GAIN_KEY``/``SATUR_KEY``; WCS keywords for the
+        sextractor backend).
+    wcs : astropy.wcs.WCS, optional
+        For sky coordinates.
+    mask : 2-D bool array, optional
+        Extra pixels to ignore.
+
+    Returns
+    -------
+    ExtractionResult
+        ``segmap`` (int32, label == ``NUMBER``), ``background`` (float32 map
+        subtracted), ``catalog`` (astropy Table), ``rms`` (float32 absolute
+        noise used; ``inf`` where there is no data) and ``meta``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``method``, or when the map ``WEIGHT_TYPE`` needs is
+        missing.
+    """
+    if not isinstance(params, Params):
+        params = Params(params)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "sextractor":
+        from .backends import sextractor as backend
+
+        if mask is not None:
+            raise ValueError("method='sextractor' does not take a mask; fold it into the "
+                             "weight map (zero weight / infinite rms)")
+        return backend.run(sci, rms=rms, wht=wht, var=var, params=params, header=header,
+                           wcs=wcs)
+    if method == "photutils":
+        from .backends import photutils as backend
+
+        return backend.run(sci, rms=rms, wht=wht, var=var, params=params, header=header,
+                           wcs=wcs, mask=mask)
+
+    t0 = time.perf_counter()
+    src = detect_sources(sci, rms=rms, wht=wht, var=var, params=params, header=header,
+                         mask=mask)
+    from .measure import measure
+
+    t1 = time.perf_counter()
+    catalog = measure(src.data, src.rms, src.segmap, src.objects, params, wcs=wcs,
+                      header=header, mask=src.mask, background=src.background.background,
+                      backsig=src.meta["backsig"], blank=src.blank,
+                      iso_segmap=src.own_segmap)
+    meta = dict(src.meta)
+    meta["timings"] = dict(meta["timings"], measure=time.perf_counter() - t1,
+                           total=time.perf_counter() - t0)
+    return ExtractionResult(segmap=src.segmap, background=src.background.background,
+                            catalog=catalog, rms=src.rms, meta=meta)

@@ -1,0 +1,174 @@
+"""Weight maps to absolute variance, as SExtractor 2.25 does it (``weight.c``).
+
+SExtractor turns every weight map into a variance map (``weight_to_var``):
+
+* ``MAP_RMS``: ``var = rms**2`` (absolute);
+* ``MAP_VAR``: ``var = sigfac**2 * var`` (relative: rescaled);
+* ``MAP_WEIGHT``: ``var = sigfac**2 / weight`` (relative inverse variance,
+  rescaled); zero or negative weight means no data (``var = BIG``);
+* ``BACKGROUND``: the interpolated background-sigma map, squared.
+
+The rescaling factor ``sigfac`` (``back.c``, end of ``makeback``) is the median,
+over the background meshes, of ``sigma_image / sqrt(background of 1/weight)``:
+the variance map is scaled so that its sky level matches the measured pixel
+noise of the science image.  sep takes errors as absolute, so without this
+step relative weights (e.g. HST drizzle weights) give absurdly many
+detections.
+
+Where the variance reaches ``WEIGHT_THRESH`` (in variance units) SExtractor
+interpolates the data and/or the variance from the neighbouring pixels
+(``INTERP_TYPE``, ``INTERP_MAXXLAG``, ``INTERP_MAXYLAG``; ``interpolate.c``);
+:func:`interpolate_bad` does the same.
+
+galseg departs from SExtractor only for values that SExtractor cannot use
+either: non-finite, zero or negative ``rms`` / ``var`` and non-finite weights
+are "no data" (SExtractor would take rms 0 as a noiseless pixel, and let NaN
+spread through the filtered image).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .background import BIG, MeshStatistics
+
+__all__ = [
+    "WEIGHT_TYPES",
+    "raw_variance",
+    "weight_threshold",
+    "rescale_factor",
+    "interpolate_bad",
+]
+
+#: Weight types the engine knows, and the ``run`` argument each needs.
+WEIGHT_TYPES = {
+    "NONE": None,
+    "BACKGROUND": None,
+    "MAP_RMS": "rms",
+    "MAP_WEIGHT": "wht",
+    "MAP_VAR": "var",
+}
+
+_BIG32 = np.float32(BIG)
+
+
+def raw_variance(weight_type, array):
+    """Variance map before rescaling (SExtractor's ``weight_to_var``, sigfac 1).
+
+    Parameters
+    ----------
+    weight_type : {"MAP_RMS", "MAP_WEIGHT", "MAP_VAR"}
+    array : 2-D ndarray
+        The rms, weight or variance map (any float dtype / byte order; not
+        modified).
+
+    Returns
+    -------
+    var : ndarray of float32
+        ``BIG`` (1e30) where the map has no usable value.
+    nodata : ndarray of bool
+        Pixels with no usable value (non-finite; weight <= 0; rms or var <= 0).
+    """
+    a = np.asarray(array)
+    a = a.astype(np.float32) if a.dtype != np.float32 or not a.dtype.isnative else a
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        finite = np.isfinite(a)
+        nodata = ~finite | (a <= 0)
+        if weight_type == "MAP_WEIGHT":
+            var = np.float32(1.0) / np.where(nodata, np.float32(1.0), a)
+        elif weight_type == "MAP_RMS":
+            var = np.where(nodata, np.float32(0.0), a) ** 2
+            # rms >= sqrt(BIG) overflows single precision: SExtractor treats
+            # such pixels as unweighted too.
+            nodata |= ~np.isfinite(var)
+        elif weight_type == "MAP_VAR":
+            var = np.where(nodata, np.float32(0.0), a).astype(np.float32, copy=True)
+        else:
+            raise ValueError(f"raw_variance: unknown weight type {weight_type!r}")
+    var = np.ascontiguousarray(var, dtype=np.float32)
+    var[nodata] = _BIG32
+    return var, nodata
+
+
+def weight_threshold(weight_type, params):
+    """``WEIGHT_THRESH`` in variance units, as SExtractor converts it.
+
+    SExtractor converts the threshold with the *unrescaled* weight-to-variance
+    rule (``makeit.c`` calls ``weight_to_var`` before the rescaling factor is
+    known), and compares it with rescaled variances later on.  The default is
+    0 for ``MAP_WEIGHT`` (i.e. ``BIG``) and ``BIG`` otherwise.
+    """
+    values = params["WEIGHT_THRESH"]
+    if not values:
+        return float(_BIG32)
+    t = float(values[0])
+    if weight_type == "MAP_WEIGHT":
+        return float(np.float32(1.0) / np.float32(t)) if t > 0 else float(_BIG32)
+    if weight_type == "MAP_RMS":
+        return float(np.float32(t) * np.float32(t)) if t < BIG else float(_BIG32)
+    return float(np.float32(t))
+
+
+def rescale_factor(image_mesh: MeshStatistics, weight_mesh: MeshStatistics) -> float:
+    """SExtractor's weight-map rescaling factor ``sigfac`` (``makeback``).
+
+    The median over meshes of ``image sigma / sqrt(variance-map background)``,
+    using meshes where both are positive; 1 when there are none.
+    """
+    wb = weight_mesh.back.astype(np.float64).ravel()
+    sig = image_mesh.sigma.ravel()
+    ok = wb > 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = (sig[ok].astype(np.float64) / np.sqrt(wb[ok])).astype(np.float32)
+    ratio = ratio[ratio > 0.0]
+    if ratio.size == 0:
+        return 1.0
+    ratio.sort()
+    n = ratio.size
+    if n & 1:
+        return float(ratio[n // 2])
+    return float(np.float32((np.float64(ratio[n // 2 - 1]) + np.float64(ratio[n // 2])) / 2.0))
+
+
+@numba.njit(cache=True)
+def _interpolate(data, var, wthresh, xlag, ylag, with_data):
+    height, width = var.shape
+    ytimeout = np.zeros(width, np.int64)
+    wbackup = np.empty(width, np.float32)
+    backup = np.empty(width, np.float32)
+    for y in range(height):
+        xtimeout = 0  # as if the previous pixel had been interpolated
+        for x in range(width):
+            if var[y, x] >= wthresh:
+                if xtimeout == 0:
+                    if ytimeout[x] > 0:
+                        ytimeout[x] -= 1
+                        var[y, x] = wbackup[x]
+                        if with_data:
+                            data[y, x] = backup[x]
+                else:
+                    xtimeout -= 1
+                    var[y, x] = var[y, x - 1]
+                    if with_data:
+                        data[y, x] = data[y, x - 1]
+            else:
+                xtimeout = xlag
+                ytimeout[x] = ylag
+            wbackup[x] = var[y, x]
+            if with_data:
+                backup[x] = data[y, x]
+
+
+def interpolate_bad(data, var, wthresh, *, xlag=16, ylag=16, with_data=True):
+    """Fill low-weight pixels from their neighbours (SExtractor ``interpolate``).
+
+    Scanning line by line, a pixel whose variance is ``>= wthresh`` takes the
+    variance (and, with ``with_data``, the value) of the pixel to its left,
+    for at most ``xlag`` consecutive pixels after a good one, else of the pixel
+    below it (previous line) for at most ``ylag`` lines.  Pixels further from
+    good data are left as they are.
+
+    ``data`` and ``var`` (float32, C-contiguous) are modified in place.
+    """
+    _interpolate(data, var, np.float32(wthresh), int(xlag), int(ylag), bool(with_data))

@@ -1,0 +1,127 @@
+"""Segmenting one band: parameters + inputs -> cache key -> cached or fresh products.
+
+This is the glue behind `Band_Data.segment`: it fills the band's own numbers
+into the SExtractor parameters (as galfind does on SExtractor's command line),
+builds the product key from everything that changes the result, and asks the
+product cache for the product, running the extraction engine only on a miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..extract.params import Params
+from ..extract.presets import filter_kernel, load_config, nnw_path
+from ..products import ProductStore, get_or_compute, make_key
+
+__all__ = ["segment_band", "band_params", "WEIGHT_TYPES", "METHODS"]
+
+log = logging.getLogger("galseg.pipeline")
+
+#: err_type -> SExtractor WEIGHT_TYPE
+WEIGHT_TYPES = {"rms_err": "MAP_RMS", "wht": "MAP_WEIGHT"}
+METHODS = ("sep", "sextractor", "photutils")
+
+
+def _config_label(config) -> str | None:
+    """A readable product label: the preset name or the .sex file's stem."""
+    if isinstance(config, str) and os.sep not in config and "/" not in config and not config.endswith(".sex"):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        return Path(config).stem
+    return None
+
+
+def band_params(band, err_type: str, config="galfind_default", **overrides) -> Params:
+    """The parameters a band is segmented with.
+
+    The band supplies what galfind passes on SExtractor's command line:
+    ``PHOT_APERTURES`` (the band's aperture diameters in pixels),
+    ``MAG_ZEROPOINT`` (its zero point), ``PIXEL_SCALE`` and ``WEIGHT_TYPE``
+    (``MAP_RMS`` for ``err_type="rms_err"``, ``MAP_WEIGHT`` for ``"wht"``).
+    Explicit ``overrides`` win over both the band and the config.
+    """
+    if err_type not in WEIGHT_TYPES:
+        raise ValueError(f"err_type must be one of {', '.join(WEIGHT_TYPES)}, got {err_type!r}")
+    params = load_config(config)
+    from_band = {"WEIGHT_TYPE": WEIGHT_TYPES[err_type]}
+    if band.pix_scale is not None:
+        from_band["PHOT_APERTURES"] = tuple(float(d) for d in band.aper_diams_pix)
+        from_band["PIXEL_SCALE"] = float(band.pix_scale.to_value("arcsec"))
+    if band.zp is not None:
+        from_band["MAG_ZEROPOINT"] = float(band.zp)
+    else:
+        log.warning("band %s has no zero point: MAG_ZEROPOINT stays %s", band.filt,
+                    params["MAG_ZEROPOINT"])
+    return params.replace(from_band).replace({k.upper(): v for k, v in overrides.items()})
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _inputs(band, err_type: str) -> dict:
+    """The input files of a segmentation, by role, as (path, ext)."""
+    inputs = {"sci": (band.im_path, band.im_ext)}
+    path, ext = band._map_location(err_type)
+    if path is not None:
+        inputs[err_type] = (path, ext)
+    else:  # derived from the other map
+        other = "wht" if err_type == "rms_err" else "rms_err"
+        inputs[other] = band._map_location(other)
+    return {role: (str(Path(p).resolve()), e if e is not None else 0) for role, (p, e) in inputs.items()}
+
+
+def _compute(band, err_type, method, params):
+    from ..extract import run
+
+    sci, header = band.load_im(incl_hdr=True)
+    err = band.load_err(err_type)
+    kwargs = {"rms": err} if err_type == "rms_err" else {"wht": err}
+    return run(sci, params=params, method=method, header=header, wcs=band.load_wcs(), **kwargs)
+
+
+def segment_band(band, err_type="rms_err", method="sep", config="galfind_default",
+                 overwrite=False, **overrides):
+    """Segment ``band`` (or load its cached products); see `Band_Data.segment`.
+
+    Returns
+    -------
+    CacheOutcome
+        ``.entry`` is the product, ``.computed`` whether the engine ran.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    params = band_params(band, err_type, config, **overrides)
+    kernel = filter_kernel(params)
+    key = make_key(
+        _inputs(band, err_type),
+        err_type=err_type,
+        method=method,
+        params=params,
+        kernel=None if kernel is None else np.asarray(kernel, dtype=np.float64),
+        nnw_sha256=_file_sha256(nnw_path(params)),
+        aper_diams_arcsec=[float(d) for d in band.aper_diams.to_value("arcsec")],
+        zero_point=band.zp,
+    )
+    store = ProductStore(band.work_dir)
+    entry = store.entry(band.instrument, band.version, band.survey, band.filt,
+                        WEIGHT_TYPES[err_type], key, label=_config_label(config))
+    provenance = {
+        "band": {"survey": band.survey, "version": band.version, "instrument": band.instrument,
+                 "filt": band.filt, "zp_source": band.zp_source,
+                 "pix_scale_source": band.pix_scale_source},
+        "config": str(config) if not isinstance(config, (Params, dict)) else "<parameters>",
+        "overrides": {k.upper(): str(v) for k, v in overrides.items()},
+    }
+    outcome = get_or_compute(entry, lambda: _compute(band, err_type, method, params),
+                             overwrite=overwrite, provenance=provenance,
+                             wcs_header=band.load_wcs())
+    if outcome.computed:
+        log.info("%s %s: %s", band.survey, band.filt, outcome.reason)
+    return outcome
