@@ -282,6 +282,8 @@ def run_method(method: str, field_dir: Path, out_dir: Path, threads: int, timeou
         return rec
     if method == "sextractor":
         rec["run_s"] = child["process_s"]
+        cat = _load_cat(out_dir / "cat.fits")
+        rec["nobj"] = None if cat is None else len(cat)
     else:
         line = [ln for ln in child["stdout"].splitlines() if ln.startswith("BENCH_RESULT ")]
         rec.update(json.loads(line[-1].split(" ", 1)[1]))
@@ -337,7 +339,7 @@ def truth_scores(truth, cat, radius: float = 2.0) -> dict:
     found = d_t < radius
     mag = np.asarray(truth["mag"], float)
     out["completeness"] = float(found.mean())
-    for lo, hi in ((0, 24), (24, 26), (26, 27), (27, 99)):
+    for lo, hi in ((0, 24), (24, 26), (26, 27), (27, 28), (28, 99)):
         sel = (mag >= lo) & (mag < hi)
         if sel.any():
             out[f"completeness_{lo}_{hi}"] = float(found[sel].mean())

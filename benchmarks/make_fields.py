@@ -36,6 +36,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ DEEP_ZEROPOINT = 28.0
 DEEP_PIXEL_SCALE = 0.03  # arcsec, JWST/NIRCam-like mosaics (galfind's usual case)
 DEEP_PSF_FWHM = 3.5
 DEEP_PSF_BETA = 2.5
-DEEP_NOISE = 0.05  # median 1-sigma pixel noise in counts: 5-sigma point sources at ~27 mag
+DEEP_NOISE = 0.02  # median 1-sigma pixel noise in counts: 5-sigma point sources at ~28 mag
 STAR_FRACTION = 0.15
 
 __all__ = ["field_dir", "make_dense", "make_deep", "ensure_field", "main"]
@@ -131,9 +132,12 @@ def make_dense(size: int = 8192, cache: Path | str = DEFAULT_CACHE, *,
     for name in ("image.fits", "back.fits", "rms.fits"):
         if not (source / name).is_file():
             raise FileNotFoundError(f"dense field needs {source / name} (sep's reference data)")
-    image = fits.getdata(source / "image.fits").astype(np.float32)
-    back = fits.getdata(source / "back.fits").astype(np.float32)
-    rms = fits.getdata(source / "rms.fits").astype(np.float32)
+    with warnings.catch_warnings():
+        # the 1992 ESO header has non-standard "ESO-LOG" cards
+        warnings.simplefilter("ignore")
+        image = fits.getdata(source / "image.fits").astype(np.float32)
+        back = fits.getdata(source / "back.fits").astype(np.float32)
+        rms = fits.getdata(source / "rms.fits").astype(np.float32)
     tile = image - back
     reps = (math.ceil(size / tile.shape[0]), math.ceil(size / tile.shape[1]))
     sci = np.tile(tile, reps)[:size, :size]

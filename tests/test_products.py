@@ -36,6 +36,7 @@ from galseg.io.atomic import (  # noqa: E402
     TEMP_PATTERN,
     atomic_write,
     atomic_write_fits,
+    atomic_write_fits_image,
     atomic_write_json,
     is_orphan_temp,
 )
@@ -217,6 +218,19 @@ def test_atomic_write_all_or_nothing(tmp_path):
     st = (tmp_path / "a.fits").stat()
     assert (info["size"], info["ino"], info["mtime_ns"]) == (st.st_size, st.st_ino, st.st_mtime_ns)
     np.testing.assert_array_equal(fits.getdata(tmp_path / "a.fits"), data)
+    # the streaming image writer: exact values, caller's array untouched, hash of the file
+    img = np.random.default_rng(3).normal(size=(301, 207))
+    img_copy = img.copy()
+    info = atomic_write_fits_image(img, tmp_path / "img.fits", dtype=np.float32, sha256=True,
+                                   chunk_bytes=10_000)
+    np.testing.assert_array_equal(img, img_copy)
+    assert info["sha256"] == _sha(tmp_path / "img.fits")
+    with fits.open(tmp_path / "img.fits") as hdul:
+        hdul.verify("exception")
+        np.testing.assert_array_equal(hdul[0].data, img.astype(np.float32))
+    with pytest.raises(TypeError, match="uint16"):
+        atomic_write_fits_image(img.astype(np.uint16), tmp_path / "u.fits")
+    assert not (tmp_path / "u.fits").exists()
 
 
 def test_orphan_temp_detection(tmp_path):

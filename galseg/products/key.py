@@ -89,7 +89,7 @@ def _jsonable(value: Any, where: str) -> Any:
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise TypeError(f"key field {where}: mapping keys must be strings, got {k!r}")
+                raise TypeError(f"{where}: mapping keys must be strings, got {k!r}")
             out[k] = _jsonable(v, f"{where}.{k}")
         return out
     if isinstance(value, (list, tuple)):
@@ -99,8 +99,9 @@ def _jsonable(value: Any, where: str) -> Any:
     if isinstance(value, (PurePath, os.PathLike)):
         return os.fspath(value)
     raise TypeError(
-        f"key field {where} has a value of type {type(value).__name__} that cannot be "
-        "put in a product key; pass numbers, strings, lists, dicts, arrays or Params"
+        f"{where} has a value of type {type(value).__name__} that cannot be recorded "
+        "(product keys and provenance take numbers, strings, None, lists, dicts, numpy "
+        "arrays or Params)"
     )
 
 

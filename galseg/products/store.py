@@ -230,7 +230,10 @@ class ProductEntry:
         is the same (touched, copied, moved), the sidecar's records are
         refreshed so that the next check is cheap again.
         """
-        reason = self._check(check_inputs=check_inputs, full=full)
+        try:
+            reason = self._check(check_inputs=check_inputs, full=full)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            reason = f"sidecar malformed ({type(exc).__name__}: {exc})"
         self.why_invalid = reason
         return reason is None
 
@@ -264,6 +267,8 @@ class ProductEntry:
             rec = sc.get("files", {}).get(part)
             if not rec:
                 return f"sidecar lists no {part} file"
+            if rec.get("name") != self.path(part).name:
+                return f"sidecar names {rec.get('name')!r} as the {part} file, not {self.path(part).name!r}"
             path = self.directory / rec["name"]
             try:
                 st = os.stat(path)

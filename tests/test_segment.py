@@ -1,0 +1,170 @@
+"""Band_Data.segment(): engine + product cache, end to end on real FITS files."""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from galseg import Band_Data, Data
+from galseg.imaging.layout import demo_dir
+
+from _util import tree_checksums
+
+
+@pytest.fixture
+def band(tmp_path):
+    """The demo F160W band, copied so that tests may change its inputs."""
+    for kind in ("sci", "wht"):
+        shutil.copy(demo_dir() / f"xdf_f160w_{kind}.fits", tmp_path / f"f160w_{kind}.fits")
+    return Band_Data("XDF", "v1", "WFC3_IR", "F160W", tmp_path / "f160w_sci.fits", 1,
+                     wht_path=tmp_path / "f160w_wht.fits", wht_ext=1, pix_scale=0.06, zp=25.94,
+                     work_dir=tmp_path / "work")
+
+
+def test_segment_writes_products_and_rerun_loads_them(band, tmp_path):
+    inputs_before = tree_checksums(band.im_path) | tree_checksums(band.wht_path)
+    band.segment()
+    assert band.seg_args["from_cache"] is False
+    seg, hdr = band.load_seg(incl_hdr=True)
+    cat = band.load_cat()
+    assert seg.dtype == np.int32 and seg.shape == band.shape
+    assert len(cat) > 20
+    np.testing.assert_array_equal(cat["NUMBER"], np.arange(1, len(cat) + 1))
+    assert set(np.unique(seg)) - {0} == set(cat["NUMBER"])
+    # Products live in galfind's tree, named after survey, filter, config and key.
+    assert band.seg_path.parent == tmp_path / "work/WFC3_IR/v1/XDF/MAP_RMS/segmentation"
+    assert band.seg_path.name.startswith("XDF_F160W_galfind_default_")
+    assert band.bkg_path.is_file() and band.cat_path.is_file()
+    # The background subtracted: BACK_TYPE MANUAL 0 in galfind's preset.
+    assert np.all(band.load_bkg() == 0)
+    # Provenance in the FITS header of a product.
+    text = repr(hdr)
+    assert "galfind_default" in text or "DETECT_THRESH" in text
+    mtime = band.seg_path.stat().st_mtime_ns
+    band.segment()
+    assert band.seg_args["from_cache"] is True
+    assert band.seg_path.stat().st_mtime_ns == mtime
+    assert tree_checksums(band.im_path) | tree_checksums(band.wht_path) == inputs_before
+
+
+def test_rerun_in_a_fresh_process_loads_from_disk(band):
+    band.segment()
+    nobj = len(band.load_cat())
+    code = f"""
+import json
+from galseg import Band_Data
+b = Band_Data("XDF", "v1", "WFC3_IR", "F160W", {str(band.im_path)!r}, 1,
+              wht_path={str(band.wht_path)!r}, wht_ext=1, pix_scale=0.06, zp=25.94,
+              work_dir={str(band.work_dir)!r})
+fresh = len(b.load_cat())
+b.segment()
+print(json.dumps({{"fresh": fresh, "rerun": len(b.load_cat()), "cached": b.seg_args["from_cache"],
+                  "seg": str(b.seg_path)}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"fresh": nobj, "rerun": nobj, "cached": True, "seg": str(band.seg_path)}
+
+
+def test_other_config_is_kept_side_by_side(band):
+    band.segment()
+    default_seg, default_n = band.seg_path, len(band.load_cat())
+    band.segment(config="test")
+    test_seg, test_n = band.seg_path, len(band.load_cat())
+    assert test_seg != default_seg and test_seg.name.startswith("XDF_F160W_test_")
+    assert test_n < default_n  # MINAREA 15 and THRESH 2.5 find fewer objects
+    band.segment(DETECT_THRESH=3.0)
+    assert band.seg_path not in (default_seg, test_seg)
+    assert len(band.load_cat()) < default_n
+    band.segment()
+    assert band.seg_path == default_seg and band.seg_args["from_cache"]
+    assert len(band.load_cat()) == default_n
+
+
+def test_overwrite_recomputes(band):
+    band.segment()
+    mtime = band.seg_path.stat().st_mtime_ns
+    band.segment(overwrite=True)
+    assert band.seg_args["from_cache"] is False and band.seg_args["reason"] == "overwrite requested"
+    assert band.seg_path.stat().st_mtime_ns > mtime
+
+
+def test_changed_input_is_detected_and_recomputed(band, caplog):
+    band.segment()
+    n_before = len(band.load_cat())
+    with fits.open(band.im_path) as hdul:
+        data = hdul[1].data.copy()
+        hdr = hdul[1].header
+    data[200:260, 200:260] += 5.0  # a bright new square source
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, hdr, compression_type="GZIP_2",
+                                                       quantize_level=0.0)]).writeto(
+        band.im_path, overwrite=True)
+    with caplog.at_level(logging.INFO, logger="galseg"):
+        band.segment()
+    assert band.seg_args["from_cache"] is False
+    assert "sci" in band.seg_args["reason"] or "input" in band.seg_args["reason"]
+    assert any("computing" in r.message for r in caplog.records)
+    seg = band.load_seg()
+    assert seg[230, 230] > 0
+    assert len(band.load_cat()) != n_before or seg[230, 230] > 0
+
+
+def test_err_types_give_separate_products(band, tmp_path):
+    band.segment(err_type="rms_err")
+    rms_seg, n_rms = band.seg_path, len(band.load_cat())
+    band.segment(err_type="wht")
+    assert "MAP_WEIGHT" in band.seg_path.parts and band.seg_path != rms_seg
+    # XDF noise is correlated: the measured noise is well below 1/sqrt(wht), so
+    # SExtractor's MAP_WEIGHT rescaling lowers the threshold and finds more objects.
+    assert len(band.load_cat()) > n_rms
+
+
+def test_unknown_method_and_err_type(band):
+    with pytest.raises(ValueError, match="unknown method 'sex'.*sep, sextractor, photutils"):
+        band.segment(method="sex")
+    with pytest.raises(ValueError, match="err_type must be one of rms_err, wht"):
+        band.segment(err_type="var")
+
+
+def test_load_before_segment_says_what_to_do(band):
+    with pytest.raises(FileNotFoundError, match="call segment\\(\\) first"):
+        band.load_seg()
+
+
+# ----------------------------------------------------------------------- CLI
+def _galseg(*args, env=None, cwd=None):
+    exe = shutil.which("galseg")
+    cmd = [exe, *args] if exe else [sys.executable, "-m", "galseg.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_cli_demo_json_and_cached_rerun(tmp_path):
+    env = dict(os.environ, GALSEG_WORK_DIR=str(tmp_path / "work"))
+    first = _galseg("demo", "--json", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    out = json.loads(first.stdout)
+    assert [b["filter"] for b in out["bands"]] == ["F435W", "F606W", "F850LP", "F125W", "F160W"]
+    assert all(b["detections"] > 10 and not b["from_cache"] for b in out["bands"])
+    assert os.path.getsize(out["plot"]) > 10_000
+    for b in out["bands"]:
+        with fits.open(b["seg_path"]) as hdul:
+            assert hdul[0].data.max() == b["detections"] or hdul[1].data.max() == b["detections"]
+    again = json.loads(_galseg("demo", "--json", "--no-plot", env=env, cwd=tmp_path).stdout)
+    assert all(b["from_cache"] for b in again["bands"])
+    assert [b["detections"] for b in again["bands"]] == [b["detections"] for b in out["bands"]]
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    env = dict(os.environ, GALSEG_WORK_DIR=str(tmp_path / "work"))
+    res = _galseg("segment", "NOPE", "v1", env=env)
+    assert res.returncode == 1
+    assert res.stderr.strip().count("\n") == 0 and "survey 'NOPE' is in no layout" in res.stderr
+    assert "Traceback" not in res.stderr
+    ver = _galseg("--version")
+    assert ver.returncode == 0 and ver.stdout.startswith("galseg ")
