@@ -21,7 +21,7 @@ examples:
   galseg segment XDF v1 --data-dir ../shared/data --bands F160W F125W
   galseg segment XDF v1 --config test --set DETECT_THRESH=3 --overwrite
   galseg cache list --json
-  galseg cache clean --invalid-only
+  galseg cache clean --dry-run
 """
 
 
@@ -135,15 +135,24 @@ def _cmd_cache(args):
     from .products import clean, list_products
 
     work_dir = args.work_dir or settings()["work_dir"]
+    filters = dict(survey=args.survey, instrument=args.instrument, version=args.data_version,
+                   filt=args.filt)
     if args.action == "list":
-        table = list_products(work_dir)
+        table = list_products(work_dir, check_inputs=args.check_inputs, **filters)
         if args.json:
-            print(json.dumps([{k: (v.item() if hasattr(v, "item") else v) for k, v in zip(table.colnames, row)}
-                              for row in table], indent=2, default=str))
+            rows = [{k: (v.item() if hasattr(v, "item") else v) for k, v in zip(table.colnames, row)}
+                    for row in table]
+            print(json.dumps(rows, indent=2, default=str))
+        elif len(table) == 0:
+            print(f"no products under {work_dir}")
         else:
-            table.pprint_all() if len(table) else print(f"no products under {work_dir}")
+            table["survey", "version", "instrument", "weight_type", "filt", "label", "hash",
+                  "created", "nobj", "valid", "size", "reason"].pprint(max_lines=-1, max_width=-1)
+            print(f"{len(table)} products, {int((~table['valid']).sum())} invalid, "
+                  f"{table['size'].sum() / 1e6:.1f} MB")
         return 0
-    removed = clean(work_dir, invalid_only=args.invalid_only, dry_run=args.dry_run)
+    removed = clean(work_dir, invalid_only=not args.all, older_than=args.older_than,
+                    dry_run=args.dry_run, **filters)
     verb = "would remove" if args.dry_run else "removed"
     if args.json:
         print(json.dumps({verb.replace(" ", "_"): [str(p) for p in removed]}, indent=2))
@@ -192,8 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("cache", help="list or prune cached products")
-    p.add_argument("action", choices=("list", "clean"))
-    p.add_argument("--invalid-only", action="store_true", help="clean: only incomplete/corrupt products")
+    p.add_argument("action", choices=("list", "clean"),
+                   help="list: products and whether they are valid; clean: remove invalid or "
+                        "incomplete products, orphan temp files and stale locks")
+    p.add_argument("--survey")
+    p.add_argument("--instrument")
+    p.add_argument("--data-version", metavar="VERSION")
+    p.add_argument("--filt", help="filter name")
+    p.add_argument("--check-inputs", action="store_true", help="list: also check input images")
+    p.add_argument("--all", action="store_true", help="clean: also remove valid products")
+    p.add_argument("--older-than", metavar="AGE", help="clean: only products older than AGE (30m, 7d)")
     p.add_argument("--dry-run", action="store_true", help="clean: only say what would go")
     common(p)
     p.set_defaults(func=_cmd_cache)

@@ -141,7 +141,7 @@ def test_band_needs_an_error_map(tmp_path):
 @pytest.mark.parametrize("bad", ["../up", "a/b", "..", "", ".hidden", "a\\b"])
 def test_path_like_names_rejected(tmp_path, bad):
     sci = _write(tmp_path / "sci.fits", np.zeros((4, 4)))
-    with pytest.raises(ValueError, match="invalid survey name"):
+    with pytest.raises(ValueError, match="invalid survey"):
         Band_Data(bad, "v", "I", "F444W", sci, rms_err_path=sci)
 
 

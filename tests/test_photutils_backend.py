@@ -239,6 +239,7 @@ def test_inputs_untouched_and_byte_order_irrelevant(f160w):
     assert np.isinf(res_be.rms[0, 0])
 
 
+@pytest.mark.filterwarnings("ignore::astropy.wcs.FITSFixedWarning")
 def test_sky_coordinates_from_header_wcs():
     path = DES / "DES_g.fits"
     if not path.is_file():

@@ -88,14 +88,9 @@ def _bad(rms, mask, has_mask, x, y):
     return False
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _fetch(data, rms, seg, mask, blank, has_mask, has_blank, x, y, label, mode,
-           weighted, var0, m2x, m2y):
-    """Pixel value and variance used in aperture sums, and whether it was replaced.
-
-    ``m2x``/``m2y`` are ``2*mx + 0.49999``: the mirror pixel is
-    ``int(m2x - x)`` (C truncation), as in SExtractor.
-    """
+@njit(cache=True, error_model="numpy")
+def _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank, x, y, label, mode,
+                weighted, var0, m2x, m2y):
     h, w = data.shape
     pix = np.float64(data[y, x])
     r = rms[y, x]
@@ -126,11 +121,155 @@ def _fetch(data, rms, seg, mask, blank, has_mask, has_blank, x, y, label, mode,
 
 
 @njit(cache=True, error_model="numpy")
+def _fill_row(data, rms, seg, mask, blank, has_mask, has_blank, y, xa, xb, label, mode,
+              weighted, var0, m2x, m2y, pixb, varb, repb):
+    """Fetch pixels ``xa..xb`` (inclusive) of row ``y`` into ``pixb``/``varb``/``repb``.
+
+    Equivalent to `_fetch_slow` for every pixel, with a fast path for the
+    ordinary case (no neighbour, valid noise, no extra masks).
+    """
+    plain = not (has_mask or has_blank)
+    for x in range(xa, xb + 1):
+        k = x - xa
+        s = seg[y, x]
+        r = rms[y, x]
+        if plain and (s == 0 or s == label or mode == MODE_NONE) and r < np.inf:
+            pixb[k] = data[y, x]
+            varb[k] = r * r
+            repb[k] = False
+        else:
+            p, v, rep = _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank, x, y,
+                                    label, mode, weighted, var0, m2x, m2y)
+            pixb[k] = p
+            varb[k] = v
+            repb[k] = rep
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _inside(x, mx, dy2, lim2, strict):
+    """SExtractor's float32 test ``(x-mx)**2 + dy**2 < lim2`` (``<=`` if not strict)."""
+    dx = F32(x) - mx
+    r2 = dx * dx + dy2
+    return r2 < lim2 if strict else r2 <= lim2
+
+
+@njit(cache=True, error_model="numpy")
+def _span(mx, dy2, lim2, strict, lo, hi):
+    """Range ``(a, b)`` of the x in ``lo..hi`` passing `_inside` (empty: ``a > b``).
+
+    The float32 distance is monotonic on either side of ``mx``, so the set is
+    contiguous; an estimate from ``sqrt`` is corrected with the exact test.
+    """
+    if lo > hi:
+        return 1, 0
+    xc = int(math.floor(np.float64(mx) + 0.5))
+    if xc < lo:
+        xc = lo
+    if xc > hi:
+        xc = hi
+    if not _inside(xc, mx, dy2, lim2, strict):
+        return 1, 0
+    rem = np.float64(lim2) - np.float64(dy2)
+    half = math.sqrt(rem) if rem > 0.0 else 0.0
+    a = int(math.ceil(np.float64(mx) - half))
+    if a < lo:
+        a = lo
+    if a > xc:
+        a = xc
+    while a > lo and _inside(a - 1, mx, dy2, lim2, strict):
+        a -= 1
+    while not _inside(a, mx, dy2, lim2, strict):
+        a += 1
+    b = int(math.floor(np.float64(mx) + half))
+    if b > hi:
+        b = hi
+    if b < xc:
+        b = xc
+    while b < hi and _inside(b + 1, mx, dy2, lim2, strict):
+        b += 1
+    while not _inside(b, mx, dy2, lim2, strict):
+        b -= 1
+    return a, b
+
+
+@njit(cache=True, error_model="numpy")
+def _subarea(dx, dy, raper2, nsub, scale, offset, acc, xsq):
+    """SExtractor's sub-pixel area of a pixel inside radius ``sqrt(raper2)``.
+
+    ``dx``/``dy`` (float32) are the pixel's offsets from the centre.  SExtractor
+    sweeps an ``nsub x nsub`` grid, adding ``scale**2`` (float32) for every
+    sub-pixel inside; the result only depends on their number ``n``, so it is
+    ``acc[n]`` (precomputed float32 partial sums).  The count uses the same
+    float32 sub-pixel coordinates and test; along a sub-row the squared
+    distance is convex, so only the ends (and the crossing) need testing.
+    ``xsq`` is a scratch array of ``nsub`` float32.
+    """
+    half = 0.5 - 0.5 / nsub + 0.01
+    adx = abs(np.float64(dx))
+    ady = abs(np.float64(dy))
+    r2 = np.float64(raper2)
+    far = (adx + half) * (adx + half) + (ady + half) * (ady + half)
+    if far < r2 * (1.0 - 1e-5):
+        return acc[nsub * nsub]
+    nx = adx - half if adx > half else 0.0
+    ny = ady - half if ady > half else 0.0
+    if nx * nx + ny * ny > r2 * (1.0 + 1e-5) + 1e-6:
+        return acc[0]
+    dx1 = dx + offset
+    first = dx1
+    for k in range(nsub):
+        xsq[k] = dx1 * dx1
+        last = dx1
+        dx1 += scale
+    same_sign = (first > 0.0 and last > 0.0) or (first < 0.0 and last < 0.0)
+    n = 0
+    m = nsub - 1
+    dys = dy + offset
+    for _sy in range(nsub):
+        dy2 = dys * dys
+        in0 = xsq[0] + dy2 < raper2
+        inm = xsq[m] + dy2 < raper2
+        if in0 and inm:
+            n += nsub
+        elif in0:
+            k = m - 1
+            while not (xsq[k] + dy2 < raper2):
+                k -= 1
+            n += k + 1
+        elif inm:
+            k = 1
+            while not (xsq[k] + dy2 < raper2):
+                k += 1
+            n += nsub - k
+        elif not same_sign:
+            for k in range(1, m):
+                if xsq[k] + dy2 < raper2:
+                    n += 1
+        dys += scale
+    return acc[n]
+
+
+@njit(cache=True, error_model="numpy")
+def _area_table(nsub, scale2):
+    """Float32 partial sums ``acc[n]`` of ``n`` times ``scale2`` (n = 0..nsub**2)."""
+    acc = np.empty(nsub * nsub + 1, dtype=np.float32)
+    a = F32(0.0)
+    acc[0] = a
+    for i in range(nsub * nsub):
+        a += scale2
+        acc[i + 1] = a
+    return acc
+
+
+@njit(cache=True, error_model="numpy")
 def _aper(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighted,
           var0, gainflag, gain, backnoise2, mx64, my64, radii, dbkg, out_flux, out_var):
     """Circular apertures of radii ``radii`` (pixels); fills ``out_flux``/``out_var``.
 
     Returns the OBJ_APERT_PB flag when an aperture box leaves the image.
+    Rows are fetched once for all apertures; each aperture's inner disc (where
+    SExtractor counts whole pixels) is summed from row prefix sums and only its
+    annulus is swept sub-pixel by sub-pixel.
     """
     h, w = data.shape
     naper = radii.shape[0]
@@ -139,7 +278,6 @@ def _aper(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighte
     my = F32(my64)
     m2x = 2.0 * np.float64(mx) + 0.49999
     m2y = 2.0 * np.float64(my) + 0.49999
-    raper = np.empty(naper, dtype=np.float32)
     raper2 = np.empty(naper, dtype=np.float32)
     rintlim2 = np.empty(naper, dtype=np.float32)
     rextlim2 = np.empty(naper, dtype=np.float32)
@@ -147,7 +285,6 @@ def _aper(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighte
     rext_max = F32(0.0)
     for j in range(naper):
         ra = F32(radii[j])
-        raper[j] = ra
         raper2[j] = ra * ra
         rint = F32(np.float64(ra) - 0.75)
         rintlim2[j] = rint * rint if rint > 0.0 else F32(0.0)
@@ -180,45 +317,63 @@ def _aper(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighte
     scale = F32(1.0 / APER_OVERSAMP)
     scale2 = scale * scale
     offset = F32(0.5 * (np.float64(scale) - 1.0))
+    acc = _area_table(APER_OVERSAMP, scale2)
+    xsq = np.empty(APER_OVERSAMP, dtype=np.float32)
+    nb = max(x1 - x0, 1)
+    pixb = np.empty(nb)
+    varb = np.empty(nb)
+    repb = np.empty(nb, dtype=np.bool_)
+    cp = np.zeros(nb + 1)
+    cv = np.zeros(nb + 1)
+    cg = np.zeros(nb + 1)
+    usegain = gainflag and gain > 0.0
     for y in range(y0, y1):
         dy = F32(y) - my
-        for x in range(x0, x1):
-            dx = F32(x) - mx
-            r2 = dx * dx + dy * dy
-            if not (r2 < rext_max):
+        dy2 = dy * dy
+        if not (dy2 < rext_max):
+            continue
+        ea, eb = _span(mx, dy2, rext_max, True, x0, x1 - 1)
+        if ea > eb:
+            continue
+        _fill_row(data, rms, seg, mask, blank, has_mask, has_blank, y, ea, eb, label, mode,
+                  weighted, var0, m2x, m2y, pixb, varb, repb)
+        for k in range(eb - ea + 1):
+            p = pixb[k]
+            cp[k + 1] = cp[k] + p
+            cv[k + 1] = cv[k] + varb[k]
+            cg[k + 1] = cg[k] + (p / gain * varb[k] / backnoise2 if usegain and p > 0.0 else 0.0)
+        for j in range(naper):
+            ja, jb = _span(mx, dy2, rextlim2[j], True, ea, eb)
+            if ja > jb:
                 continue
-            pix, var, _ = _fetch(data, rms, seg, mask, blank, has_mask, has_blank, x, y,
-                                 label, mode, weighted, var0, m2x, m2y)
-            for j in range(naper):
-                if not (r2 < rextlim2[j]):
-                    continue
-                if r2 > rintlim2[j]:
-                    locarea = F32(0.0)
-                    dys = dy + offset
-                    dxs = dx + offset
-                    for _sy in range(APER_OVERSAMP):
-                        dx1 = dxs
-                        dy2 = dys * dys
-                        for _sx in range(APER_OVERSAMP):
-                            if dx1 * dx1 + dy2 < raper2[j]:
-                                locarea += scale2
-                            dx1 += scale
-                        dys += scale
-                else:
-                    locarea = F32(1.0)
-                la = np.float64(locarea)
-                area[j] += la
-                sigtv[j] += var * la
-                tv[j] += la * pix
-                if gainflag and pix > 0.0 and gain > 0.0:
-                    sigtv[j] += pix / gain * var / backnoise2
+            ia, ib = _span(mx, dy2, rintlim2[j], False, ja, jb)
+            if ia <= ib:
+                tv[j] += cp[ib + 1 - ea] - cp[ia - ea]
+                sigtv[j] += cv[ib + 1 - ea] - cv[ia - ea] + cg[ib + 1 - ea] - cg[ia - ea]
+                area[j] += ib - ia + 1
+                la_, lb_, ra_, rb_ = ja, ia - 1, ib + 1, jb
+            else:
+                la_, lb_, ra_, rb_ = ja, jb, 1, 0
+            for side in range(2):
+                sa = la_ if side == 0 else ra_
+                sb = lb_ if side == 0 else rb_
+                for x in range(sa, sb + 1):
+                    la = np.float64(_subarea(F32(x) - mx, dy, raper2[j], APER_OVERSAMP, scale,
+                                             offset, acc, xsq))
+                    k = x - ea
+                    p = pixb[k]
+                    area[j] += la
+                    sigtv[j] += varb[k] * la
+                    tv[j] += la * p
+                    if usegain and p > 0.0:
+                        sigtv[j] += p / gain * varb[k] / backnoise2
     for j in range(naper):
         t = tv[j] - area[j] * dbkg
-        s = sigtv[j]
+        sv = sigtv[j]
         if (not gainflag) and gain > 0.0 and t > 0.0:
-            s += t / gain
+            sv += t / gain
         out_flux[j] = t
-        out_var[j] = s
+        out_var[j] = sv
     return flag
 
 
@@ -259,6 +414,7 @@ def _auto(data, rms, ddata, drms, seg, mask, blank, has_mask, has_blank, label, 
     its bad pixels), the flux in ``data``, as SExtractor does in dual-image mode.
     """
     h, w = data.shape
+    plain = not (has_mask or has_blank)
     flag = 0
     mx = F32(mx64)
     my = F32(my64)
@@ -339,8 +495,15 @@ def _auto(data, rms, ddata, drms, seg, mask, blank, has_mask, has_blank, label, 
             dx = F32(x) - mx
             if cx2 * dx * dx + cy2 * dy * dy + cxy * dx * dy <= klim2:
                 area += 1
-                pix, var, replaced = _fetch(data, rms, seg, mask, blank, has_mask, has_blank,
-                                            x, y, label, mode, weighted, var0, m2x, m2y)
+                s_ = seg[y, x]
+                r_ = rms[y, x]
+                if plain and (s_ == 0 or s_ == label or mode == MODE_NONE) and r_ < np.inf:
+                    pix = np.float64(data[y, x])
+                    var = np.float64(r_ * r_)
+                    replaced = False
+                else:
+                    pix, var, replaced = _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank,
+                                               x, y, label, mode, weighted, var0, m2x, m2y)
                 if replaced:
                     areab += 1
                 sigtv += var
@@ -384,6 +547,7 @@ def _growth(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
             var0, mx, my, a64, autoaper0, flux_auto, fluxfrac, out_radius):
     """Circular growth curve; fills FLUX_RADIUS; returns (half-light radius, flags)."""
     h, w = data.shape
+    plain = not (has_mask or has_blank)
     flag = 0
     growth = np.zeros(GROWTH_NSTEP)
     rlim = GROWTH_NSIG * np.float64(F32(a64))
@@ -400,6 +564,8 @@ def _growth(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
     offset = 0.5 * (scale - 1.0)
     m2x = 2.0 * mx + 0.49999
     m2y = 2.0 * my + 0.49999
+    # a pixel's sub-pixels lie within r +- 0.57 px: at most this many bins
+    hist = np.zeros(int(1.2 * stepdens) + 3, dtype=np.int64)
     xmin = int(mx - raper + 0.499999)
     xmax = int(mx + raper + 1.499999)
     ymin = int(my - raper + 0.499999)
@@ -422,22 +588,38 @@ def _growth(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
             dx0 = x - mx
             r2 = dx0 * dx0 + dy0 * dy0
             if r2 < rextlim2:
-                pix, var, _ = _fetch(data, rms, seg, mask, blank, has_mask, has_blank, x, y,
-                                     label, mode, weighted, var0, m2x, m2y)
+                s_ = seg[y, x]
+                r_ = rms[y, x]
+                if plain and (s_ == 0 or s_ == label or mode == MODE_NONE) and r_ < np.inf:
+                    pix = np.float64(data[y, x])
+                    var = np.float64(r_ * r_)
+                    _ = False
+                else:
+                    pix, var, _ = _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank,
+                                               x, y, label, mode, weighted, var0, m2x, m2y)
                 r = math.sqrt(r2)
                 d = np.fmod(r, step)
                 if d < prevbinmargin or d > nextbinmargin:
                     dx = dx0 + offset
                     dy = dy0 + offset
+                    # count the sub-pixels per bin (branch-free), then add each bin once
+                    jbase = int(max(r - 1.0, 0.0) * stepdens)
                     for _sy in range(GROWTH_OVERSAMP):
                         dx1 = dx
                         dy2 = dy * dy
                         for _sx in range(GROWTH_OVERSAMP):
                             j = int(math.sqrt(dx1 * dx1 + dy2) * stepdens)
-                            if j < GROWTH_NSTEP:
-                                growth[j] += scale2 * pix
+                            hist[j - jbase] += 1
                             dx1 += scale
                         dy += scale
+                    spix = scale2 * pix
+                    for k in range(hist.shape[0]):
+                        c = hist[k]
+                        if c:
+                            j = jbase + k
+                            if j < GROWTH_NSTEP:
+                                growth[j] += c * spix
+                            hist[k] = 0
                 else:
                     j = int(r * stepdens)
                     if j < GROWTH_NSTEP:
@@ -465,6 +647,7 @@ def _winpos(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
             var0, gainflag, gain, backnoise2, mx0, my0, cxx64, cyy64, cxy64, hl_radius):
     """Windowed centroid: returns (xwin, ywin, snr_win, flags), 0-based."""
     h, w = data.shape
+    plain = not (has_mask or has_blank)
     flag = 0
     sig = F32(np.float64(F32(hl_radius)) * 2.0 / 2.35)
     invtwosig2 = F32(1.0 / (2.0 * np.float64(sig) * np.float64(sig)))
@@ -476,6 +659,8 @@ def _winpos(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
     scale = F32(1.0 / WINPOS_OVERSAMP)
     scale2 = scale * scale
     offset = F32(0.5 * (np.float64(scale) - 1.0))
+    acc = _area_table(WINPOS_OVERSAMP, scale2)
+    xsq = np.empty(WINPOS_OVERSAMP, dtype=np.float32)
     invgain = 1.0 / gain if gain > 0.0 else 0.0
     mx = mx0
     my = my0
@@ -519,22 +704,20 @@ def _winpos(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
                 r2 = dx * dx + dy * dy
                 if r2 < rextlim2:
                     if r2 > rintlim2:
-                        dxs = dx + offset
-                        dys = dy + offset
-                        locarea = F32(0.0)
-                        for _sy in range(WINPOS_OVERSAMP):
-                            dx1 = dxs
-                            dy2 = dys * dys
-                            for _sx in range(WINPOS_OVERSAMP):
-                                if dx1 * dx1 + dy2 < raper2:
-                                    locarea += scale2
-                                dx1 += scale
-                            dys += scale
+                        locarea = _subarea(dx, dy, raper2, WINPOS_OVERSAMP, scale, offset,
+                                           acc, xsq)
                     else:
                         locarea = F32(1.0)
-                    locarea *= F32(math.exp(np.float64(-r2 * invtwosig2)))
-                    pix, var, _ = _fetch(data, rms, seg, mask, blank, has_mask, has_blank,
-                                         x, y, label, mode, weighted, var0, m2x, m2y)
+                    locarea *= math.exp(-r2 * invtwosig2)  # float32: C's expf
+                    s_ = seg[y, x]
+                    r_ = rms[y, x]
+                    if plain and (s_ == 0 or s_ == label or mode == MODE_NONE) and r_ < np.inf:
+                        pix = np.float64(data[y, x])
+                        var = np.float64(r_ * r_)
+                        _ = False
+                    else:
+                        pix, var, _ = _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank,
+                                                   x, y, label, mode, weighted, var0, m2x, m2y)
                     la = np.float64(locarea)
                     locpix = la * pix
                     tv += locpix

@@ -33,7 +33,7 @@ import sep
 from .background import BIG, BackgroundResult, estimate_background, mesh_statistics
 from .clean import clean_and_order
 from .detect import Detection, analyse_detections, detect, detection_kernel, filter_image, \
-    threshold_map
+    sextractor_pixel_lists, threshold_map
 from .params import Params
 from .result import ExtractionResult
 from .weights import WEIGHT_TYPES, interpolate_bad, raw_variance, rescale_factor, \
@@ -310,8 +310,14 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
     # ---- per-detection analysis, CLEAN and catalogue order
     t4 = time.perf_counter()
     gain, satur = _resolve_gain_satur(params, header)
+    lists = None
+    share = {"reshared": 0, "kept": 0}
+    if params["CLEAN"] or len(det.objects) != len(np.unique(det.parent)):
+        off, idx, share = sextractor_pixel_lists(det, data, params, weighted=weighted)
+        lists = (off, idx)
     props, iso = analyse_detections(det, data, varmap, params, backsig=backsig,
-                                    mesh=image_mesh, gain=gain, satur_level=satur)
+                                    mesh=image_mesh, gain=gain, satur_level=satur,
+                                    pixel_lists=lists)
     absorber, order = clean_and_order(
         props, det.objects, det.parent_ymax + 1, params, height,
         kernel_height=None if kernel is None else kernel.shape[0])
@@ -341,6 +347,8 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
                           else {"min": float(np.min(thresh)),
                                 "median": float(np.median(thresh))}),
         "thresh_type": params["THRESH_TYPE"].upper(),
+        "deblend_reshared": int(share["reshared"]),
+        "deblend_kept_sep": int(share["kept"]),
         "pixstack": int(det.pixstack),
         "sub_object_limit": int(det.sub_object_limit),
         "timings": timings,

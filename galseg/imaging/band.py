@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
@@ -19,23 +18,16 @@ __all__ = ["Band_Data", "DEFAULT_APER_DIAMS", "check_name"]
 
 DEFAULT_APER_DIAMS = (0.32, 0.5, 1.0, 1.5, 2.0) * u.arcsec
 _ERR_TYPES = ("rms_err", "wht")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
 
 
 def check_name(value, what: str) -> str:
-    """Return ``value`` as a name safe to use as one path component.
+    """``value`` as a name safe to use as one path component (see `safe_component`).
 
-    Survey, version, instrument and filter names end up in product paths, so
-    anything with a path separator, ``..``, a leading dot or odd characters is
-    rejected with an error naming ``what``.
+    Survey, version, instrument and filter names end up in product paths.
     """
-    text = str(value).strip()
-    if not text or ".." in text or not _SAFE_NAME.match(text):
-        raise ValueError(
-            f"invalid {what} name {value!r}: use letters, digits and _ . + - only "
-            "(no path separators, no '..', no leading dot)"
-        )
-    return text
+    from ..products.naming import safe_component
+
+    return safe_component(str(value).strip(), what)
 
 
 def _quantity_arcsec(value, what: str):
@@ -254,7 +246,7 @@ class Band_Data:
         The input tree is never written to.  Useful for external tools that need
         the map as a file; galseg itself derives it in memory.
         """
-        from ..io.atomic import atomic_write_fits
+        from ..io.atomic import atomic_write_fits_image
 
         data, hdr = (self.load_rms_err if err_type == "rms_err" else self.load_wht)(incl_hdr=True)
         out = (
@@ -262,7 +254,7 @@ class Band_Data:
             / f"{self.survey}_{self.filt}_{err_type}.fits"
         )
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_fits(fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=hdr), out)
+        atomic_write_fits_image(data, out, header=hdr, dtype=np.float32)
         return out
 
     # ------------------------------------------------------------- segmentation

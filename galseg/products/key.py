@@ -25,7 +25,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import PurePath
 from typing import Any
@@ -111,7 +111,7 @@ def canonical_json(obj: Any) -> str:
                       allow_nan=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ProductKey:
     """The identity of one product.
 
@@ -127,7 +127,14 @@ class ProductKey:
 
     fields: dict[str, Any]
     inputs: dict[str, dict[str, Any]]
-    sha256: str = field(compare=False)
+    sha256: str
+
+    def __eq__(self, other: object) -> bool:
+        # Identity is the hash: equal keys for moved/touched identical inputs.
+        return isinstance(other, ProductKey) and other.sha256 == self.sha256
+
+    def __hash__(self) -> int:
+        return hash(self.sha256)
 
     @property
     def short(self) -> str:

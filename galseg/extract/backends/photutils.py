@@ -597,10 +597,12 @@ def _flags(seg, parents, nlab, peak, background, x0, y0, a, b, theta_deg, kron,
 
     # 2: the object shares its detection segment with another one.
     sel = seg > 0
-    pairs = np.unique(np.stack([parents[sel], seg[sel]]), axis=1)
-    children = np.bincount(pairs[0], minlength=int(parents.max()) + 1)
+    stride = np.int64(nlab + 1)
+    pairs = np.unique(parents[sel].astype(np.int64) * stride + seg[sel])
+    parent_ids, child_ids = pairs // stride, pairs % stride
+    children = np.bincount(parent_ids, minlength=int(parents.max()) + 1)
     parent_of = np.zeros(nlab + 1, dtype=np.int64)
-    parent_of[pairs[1]] = pairs[0]
+    parent_of[child_ids] = parent_ids
     flags[children[parent_of[1:]] > 1] |= _OBJ_MERGED
 
     # 4: a pixel reaches the saturation level (in sky-subtracted units).
