@@ -68,7 +68,8 @@ class _SegIndex:
         # find_objects is one C pass over the map; per-source work then only touches bboxes.
         self.slices = ndimage.find_objects(seg)
         numbers = np.asarray(self.cat["NUMBER"], dtype=np.int64)
-        self.row_of = np.full(max(int(numbers.max(initial=0)), len(self.slices)) + 1, -1, dtype=np.int64)
+        size = max(int(numbers.max(initial=0)), len(self.slices)) + 1
+        self.row_of = np.full(size, -1, dtype=np.int64)
         self.row_of[numbers] = np.arange(len(numbers))
         self._images = None
 
@@ -414,7 +415,8 @@ def source_in_box(band, x, y=None, width=None, height=None) -> Source:
     use = (labels > 0) & np.isfinite(flux)
     if not use.any():
         near, dist = _nearest(idx, px, py)
-        hint = "" if near is None else f"; the nearest source is NUMBER {near}, {dist:.1f} px from the centre"
+        hint = "" if near is None else (
+            f"; the nearest source is NUMBER {near}, {dist:.1f} px from the centre")
         raise NoSourceError(
             f"band {band.filt}: no segment in the box y {box[0].start}:{box[0].stop}, "
             f"x {box[1].start}:{box[1].stop}{hint}", x=px, y=py, nearest=near, distance=dist)
@@ -426,24 +428,26 @@ def source_in_box(band, x, y=None, width=None, height=None) -> Source:
 
 # ----------------------------------------------------------------- candidates
 def _parent_blend(seg, bbox, number):
-    """The 8-connected component of ``seg > 0`` holding segment ``number``.
+    """The 8-connected components of ``seg > 0`` that hold segment ``number``.
 
     Deblended children partition the connected above-threshold region they
-    came from, and separate detections cannot touch (they would have been
-    one region), so this component is the blend before deblending.  The
-    window starts at the object's bbox and grows only while the component
-    reaches its edge, so the work stays local.
+    came from, and separate detections never touch (they would have been one
+    region), so the component holding the object is its blend before
+    deblending.  A segment can be in several pieces -- cleaning merges a
+    spurious detection into its bright neighbour, in SExtractor too -- so
+    every component touching any of its pixels is taken.  The window starts
+    at the object's bbox and grows only while the components reach its edge,
+    so the work stays local.
     """
     ny, nx = seg.shape
     ys, xs = bbox
-    local = np.argwhere(seg[bbox] == number)[0]
-    sy, sx = ys.start + int(local[0]), xs.start + int(local[1])
     pad = 2
     y0, y1 = max(ys.start - pad, 0), min(ys.stop + pad, ny)
     x0, x1 = max(xs.start - pad, 0), min(xs.stop + pad, nx)
     while True:
-        lab, _ = ndimage.label(seg[y0:y1, x0:x1] > 0, structure=_CONN8)
-        comp = lab == lab[sy - y0, sx - x0]
+        win = seg[y0:y1, x0:x1]
+        lab, _ = ndimage.label(win > 0, structure=_CONN8)
+        comp = np.isin(lab, np.unique(lab[win == number]))
         rows = np.flatnonzero(comp.any(axis=1))
         cols = np.flatnonzero(comp.any(axis=0))
         cy0, cy1 = y0 + int(rows[0]), y0 + int(rows[-1]) + 1
@@ -519,11 +523,13 @@ def candidates(target, y=None, *, band=None, dilate: float = 3.0) -> list[Candid
     Notes
     -----
     The parent blend is not stored by the products; it is recomputed as the
-    8-connected component of all segment pixels (``seg > 0``) that holds the
+    8-connected components of all segment pixels (``seg > 0``) that hold the
     object.  Deblended children share their parent's connected region while
     separate detections never touch, so this is the parent's footprint at the
-    detection threshold (cleaning may have merged spurious neighbours into it,
-    as SExtractor does).  For an isolated object it equals the object.
+    detection threshold.  Segments can be in several pieces (cleaning merges
+    a spurious detection into its neighbour, as in SExtractor); every piece's
+    component is included.  For an isolated object it equals the object.
+    Other segments inside it are listed in ``numbers``.
     """
     if isinstance(target, Source):
         src = target

@@ -343,12 +343,13 @@ class Band_Data:
         """The catalogue of the last segmentation, as an astropy Table."""
         return self._product_entry().load_cat()
 
-    def plot(self, ext="SEG", ax=None, norm=None, cmap=None, region=None, save=None, show=True):
+    def plot(self, ext="SEG", ax=None, norm=None, cmap=None, region=None, save=None, show=True,
+             **kwargs):
         """Show SCI, RMS_ERR, WHT, SEG, BKG or MASK; see `galseg.plot.images.plot_band`."""
         from ..plot.images import plot_band
 
         return plot_band(self, ext, ax=ax, norm=norm, cmap=cmap, region=region, save=save,
-                         show=show)
+                         show=show, **kwargs)
 
     # ------------------------------------------------------------------ display
     @property
@@ -384,6 +385,57 @@ class Band_Data:
         width = max(len(k) for k, _ in rows)
         body = "\n".join(f"  {k:<{width}} : {v}" for k, v in rows)
         return f"Band_Data({self.filt})\n{body}"
+
+    # ------------------------------------------- overlays, prompts, export
+    def plot_overlay(self, alpha=0.5, ax=None, region=None, **kwargs):
+        """Segments over the image, Kron ellipses, apertures; see `galseg.plot.overlay.plot_overlay`."""
+        from ..plot.overlay import plot_overlay
+
+        return plot_overlay(self, alpha=alpha, ax=ax, region=region, **kwargs)
+
+    def source(self, number):
+        """The `~galseg.sources.Source` with catalogue NUMBER ``number``."""
+        from ..sources import source_by_number
+
+        return source_by_number(self, number)
+
+    def source_at(self, x, y=None, *, nearest=False):
+        """The segment under a pixel or sky position; see `galseg.sources.source_at`."""
+        from ..sources import source_at
+
+        return source_at(self, x, y, nearest=nearest)
+
+    def source_in_box(self, x, y=None, width=None, height=None):
+        """The brightest segment in a box centred on (x, y); see `galseg.sources.source_in_box`."""
+        from ..sources import source_in_box
+
+        return source_in_box(self, x, y, width=width, height=height)
+
+    def candidates(self, x, y=None, *, dilate=3.0):
+        """Object / parent-blend / dilated masks for a prompt; see `galseg.sources.candidates`."""
+        from ..sources import Source, candidates
+
+        if isinstance(x, Source):
+            return candidates(x, dilate=dilate)
+        return candidates(x, y, band=self, dilate=dilate)
+
+    def cutout(self, target, size=None, mask=True, save=None):
+        """FITS + PNG (alpha = mask) cutout; see `galseg.sources.cutout`."""
+        from ..sources import cutout
+
+        return cutout(self, target, size=size, mask=mask, save=save)
+
+    def export(self, path, format="ds9", **kwargs):
+        """Write "ds9", "index-png", "geojson" or "areas"; see `galseg.export.export_band`."""
+        from ..export import export_band
+
+        return export_band(self, path, format, **kwargs)
+
+    def area_stats(self):
+        """Total, unmasked and segmented area (arcmin^2); see `galseg.export.areas.area_stats`."""
+        from ..export.areas import area_stats
+
+        return area_stats(self)
 
 
 def _rms_from_wht(wht: np.ndarray) -> np.ndarray:
