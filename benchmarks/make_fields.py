@@ -6,9 +6,11 @@ Two kinds of field, each written as ``sci.fits`` (float32, with a TAN WCS),
 
 ``dense``
     sep's reference image (``shared/data/sep_reference/image.fits``, 256 x 256,
-    simulated, ~73 objects) minus its SExtractor background (``back.fits``),
-    tiled to ``size`` x ``size`` (32 x 32 tiles at the default 8192: ~75,000
-    objects), with ``rms.fits`` tiled the same way.  The background is
+    simulated) minus its SExtractor background (``back.fits``), tiled to
+    ``size`` x ``size`` (32 x 32 tiles at the default 8192), with ``rms.fits``
+    tiled the same way.  SExtractor finds 42 objects per tile with galfind's
+    settings (43,008 at 8192^2; 65 per tile with the image's own
+    ``default.sex``).  The background is
     subtracted so that galfind's ``BACK_TYPE MANUAL 0`` applies, as it does to
     galfind's (already sky-subtracted) survey mosaics.
 
