@@ -91,6 +91,12 @@ def _bad(rms, mask, has_mask, x, y):
 @njit(cache=True, error_model="numpy")
 def _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank, x, y, label, mode,
                 weighted, var0, m2x, m2y):
+    """Value and variance SExtractor sums for pixel ``(x, y)``, and whether it was replaced.
+
+    ``m2x``/``m2y`` are ``2*mx + 0.49999``: the mirror pixel is ``int(m2x - x)``
+    (C truncation), as in SExtractor.  ``var0`` is the variance of a replaced
+    pixel without weight map (SExtractor's global background variance).
+    """
     h, w = data.shape
     pix = np.float64(data[y, x])
     r = rms[y, x]
@@ -125,24 +131,59 @@ def _fill_row(data, rms, seg, mask, blank, has_mask, has_blank, y, xa, xb, label
               weighted, var0, m2x, m2y, pixb, varb, repb):
     """Fetch pixels ``xa..xb`` (inclusive) of row ``y`` into ``pixb``/``varb``/``repb``.
 
-    Equivalent to `_fetch_slow` for every pixel, with a fast path for the
-    ordinary case (no neighbour, valid noise, no extra masks).
+    Equivalent to `_fetch_slow` for every pixel: a branch-free copy first, then
+    the few pixels that need it (neighbours, bad noise, masks) are redone.
     """
-    plain = not (has_mask or has_blank)
+    nslow = 0
+    check_seg = mode != MODE_NONE
     for x in range(xa, xb + 1):
         k = x - xa
-        s = seg[y, x]
         r = rms[y, x]
-        if plain and (s == 0 or s == label or mode == MODE_NONE) and r < np.inf:
-            pixb[k] = data[y, x]
-            varb[k] = r * r
-            repb[k] = False
-        else:
+        s = seg[y, x]
+        pixb[k] = data[y, x]
+        varb[k] = r * r
+        slow = (not (r < np.inf)) or (check_seg and s != 0 and s != label)
+        repb[k] = slow
+        nslow += slow
+    if nslow == 0 and not (has_mask or has_blank):
+        return
+    if has_mask or has_blank:
+        for x in range(xa, xb + 1):
+            k = x - xa
             p, v, rep = _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank, x, y,
                                     label, mode, weighted, var0, m2x, m2y)
             pixb[k] = p
             varb[k] = v
             repb[k] = rep
+        return
+    # no extra masks: replace neighbours' and bad pixels (inline _fetch_slow)
+    h, w = data.shape
+    y2 = int(m2y - y)
+    yok = y2 >= 0 and y2 < h
+    for x in range(xa, xb + 1):
+        k = x - xa
+        if not repb[k]:
+            continue
+        if not weighted:
+            varb[k] = var0
+        if mode == MODE_CORRECT:
+            x2 = int(m2x - x)
+            if yok and x2 >= 0 and x2 < w:
+                s2 = seg[y2, x2]
+                if s2 == 0 or s2 == label:
+                    r2 = rms[y2, x2]
+                    if r2 < np.inf:
+                        pixb[k] = data[y2, x2]
+                        if weighted:
+                            varb[k] = r2 * r2
+                    else:
+                        pixb[k] = 0.0
+                        if weighted:
+                            varb[k] = 0.0
+                    continue
+        pixb[k] = 0.0
+        if weighted:
+            varb[k] = 0.0
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -193,65 +234,16 @@ def _span(mx, dy2, lim2, strict, lo, hi):
 
 
 @njit(cache=True, error_model="numpy")
-def _subarea(dx, dy, raper2, nsub, scale, offset, acc, xsq):
-    """SExtractor's sub-pixel area of a pixel inside radius ``sqrt(raper2)``.
-
-    ``dx``/``dy`` (float32) are the pixel's offsets from the centre.  SExtractor
-    sweeps an ``nsub x nsub`` grid, adding ``scale**2`` (float32) for every
-    sub-pixel inside; the result only depends on their number ``n``, so it is
-    ``acc[n]`` (precomputed float32 partial sums).  The count uses the same
-    float32 sub-pixel coordinates and test; along a sub-row the squared
-    distance is convex, so only the ends (and the crossing) need testing.
-    ``xsq`` is a scratch array of ``nsub`` float32.
-    """
-    half = 0.5 - 0.5 / nsub + 0.01
-    adx = abs(np.float64(dx))
-    ady = abs(np.float64(dy))
-    r2 = np.float64(raper2)
-    far = (adx + half) * (adx + half) + (ady + half) * (ady + half)
-    if far < r2 * (1.0 - 1e-5):
-        return acc[nsub * nsub]
-    nx = adx - half if adx > half else 0.0
-    ny = ady - half if ady > half else 0.0
-    if nx * nx + ny * ny > r2 * (1.0 + 1e-5) + 1e-6:
-        return acc[0]
-    dx1 = dx + offset
-    first = dx1
-    for k in range(nsub):
-        xsq[k] = dx1 * dx1
-        last = dx1
-        dx1 += scale
-    same_sign = (first > 0.0 and last > 0.0) or (first < 0.0 and last < 0.0)
-    n = 0
-    m = nsub - 1
-    dys = dy + offset
-    for _sy in range(nsub):
-        dy2 = dys * dys
-        in0 = xsq[0] + dy2 < raper2
-        inm = xsq[m] + dy2 < raper2
-        if in0 and inm:
-            n += nsub
-        elif in0:
-            k = m - 1
-            while not (xsq[k] + dy2 < raper2):
-                k -= 1
-            n += k + 1
-        elif inm:
-            k = 1
-            while not (xsq[k] + dy2 < raper2):
-                k += 1
-            n += nsub - k
-        elif not same_sign:
-            for k in range(1, m):
-                if xsq[k] + dy2 < raper2:
-                    n += 1
-        dys += scale
-    return acc[n]
-
-
-@njit(cache=True, error_model="numpy")
 def _area_table(nsub, scale2):
-    """Float32 partial sums ``acc[n]`` of ``n`` times ``scale2`` (n = 0..nsub**2)."""
+    """Float32 partial sums ``acc[n]`` of ``n`` times ``scale2`` (n = 0..nsub**2).
+
+    SExtractor sweeps an ``nsub x nsub`` sub-pixel grid and adds ``scale2``
+    (float32) for every sub-pixel inside the aperture; the result depends only
+    on their number ``n``, so it is ``acc[n]``.  The sweeps (in `_aper` and
+    `_winpos`) count ``n`` with SExtractor's float32 sub-pixel coordinates and
+    test, skipping pixels whose whole grid is clearly inside (``acc[nsub**2]``)
+    or outside (0).
+    """
     acc = np.empty(nsub * nsub + 1, dtype=np.float32)
     a = F32(0.0)
     acc[0] = a
@@ -281,6 +273,7 @@ def _aper(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighte
     raper2 = np.empty(naper, dtype=np.float32)
     rintlim2 = np.empty(naper, dtype=np.float32)
     rextlim2 = np.empty(naper, dtype=np.float32)
+    boxes = np.empty((naper, 4), dtype=np.int64)
     x0, x1, y0, y1 = w, 0, h, 0
     rext_max = F32(0.0)
     for j in range(naper):
@@ -307,6 +300,12 @@ def _aper(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighte
         if ymax > h:
             ymax = h
             flag |= FLAG_APERT_PB
+        # pixels outside an aperture's box are never visited (they would add
+        # nothing but the per-pixel gain term)
+        boxes[j, 0] = xmin
+        boxes[j, 1] = xmax - 1
+        boxes[j, 2] = ymin
+        boxes[j, 3] = ymax - 1
         x0 = min(x0, xmin)
         x1 = max(x1, xmax)
         y0 = min(y0, ymin)
@@ -318,7 +317,9 @@ def _aper(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighte
     scale2 = scale * scale
     offset = F32(0.5 * (np.float64(scale) - 1.0))
     acc = _area_table(APER_OVERSAMP, scale2)
-    xsq = np.empty(APER_OVERSAMP, dtype=np.float32)
+    fullarea = np.float64(acc[APER_OVERSAMP * APER_OVERSAMP])
+    xsq = np.full(8, np.inf, dtype=np.float32)
+    dy2s = np.empty(APER_OVERSAMP, dtype=np.float32)
     nb = max(x1 - x0, 1)
     pixb = np.empty(nb)
     varb = np.empty(nb)
@@ -337,13 +338,24 @@ def _aper(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighte
             continue
         _fill_row(data, rms, seg, mask, blank, has_mask, has_blank, y, ea, eb, label, mode,
                   weighted, var0, m2x, m2y, pixb, varb, repb)
+        # sub-row offsets of this row, shared by all apertures' sub-pixel sweeps
+        dys = dy + offset
+        for sy in range(APER_OVERSAMP):
+            dy2s[sy] = dys * dys
+            dys += scale
+        ady = abs(np.float64(dy))
+        fary = (ady + 0.41) * (ady + 0.41)
+        neary = (ady - 0.41) * (ady - 0.41) if ady > 0.41 else 0.0
         for k in range(eb - ea + 1):
             p = pixb[k]
             cp[k + 1] = cp[k] + p
             cv[k + 1] = cv[k] + varb[k]
             cg[k + 1] = cg[k] + (p / gain * varb[k] / backnoise2 if usegain and p > 0.0 else 0.0)
         for j in range(naper):
-            ja, jb = _span(mx, dy2, rextlim2[j], True, ea, eb)
+            if y < boxes[j, 2] or y > boxes[j, 3]:
+                continue
+            ja, jb = _span(mx, dy2, rextlim2[j], True, max(ea, boxes[j, 0]),
+                           min(eb, boxes[j, 1]))
             if ja > jb:
                 continue
             ia, ib = _span(mx, dy2, rintlim2[j], False, ja, jb)
@@ -354,12 +366,35 @@ def _aper(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighte
                 la_, lb_, ra_, rb_ = ja, ia - 1, ib + 1, jb
             else:
                 la_, lb_, ra_, rb_ = ja, jb, 1, 0
+            rp2 = raper2[j]
+            rin = np.float64(rp2) * (1.0 - 1e-5)
+            rout = np.float64(rp2) * (1.0 + 1e-5) + 1e-6
             for side in range(2):
                 sa = la_ if side == 0 else ra_
                 sb = lb_ if side == 0 else rb_
                 for x in range(sa, sb + 1):
-                    la = np.float64(_subarea(F32(x) - mx, dy, raper2[j], APER_OVERSAMP, scale,
-                                             offset, acc, xsq))
+                    dx = F32(x) - mx
+                    # sub-pixel sweep (see _area_table), inlined for speed
+                    adx = abs(np.float64(dx))
+                    far = (adx + 0.41) * (adx + 0.41) + fary
+                    if far < rin:
+                        la = fullarea
+                    else:
+                        nx = adx - 0.41 if adx > 0.41 else 0.0
+                        if nx * nx + neary > rout:
+                            la = 0.0
+                        else:
+                            dx1 = dx + offset
+                            for kk in range(APER_OVERSAMP):
+                                xsq[kk] = dx1 * dx1
+                                dx1 += scale
+                            nin = 0
+                            for sy in range(APER_OVERSAMP):
+                                c = 0
+                                for kk in range(8):
+                                    c += xsq[kk] + dy2s[sy] < rp2
+                                nin += c
+                            la = np.float64(acc[nin])
                     k = x - ea
                     p = pixb[k]
                     area[j] += la
@@ -502,8 +537,9 @@ def _auto(data, rms, ddata, drms, seg, mask, blank, has_mask, has_blank, label, 
                     var = np.float64(r_ * r_)
                     replaced = False
                 else:
-                    pix, var, replaced = _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank,
-                                               x, y, label, mode, weighted, var0, m2x, m2y)
+                    pix, var, replaced = _fetch_slow(data, rms, seg, mask, blank, has_mask,
+                                                     has_blank, x, y, label, mode, weighted,
+                                                     var0, m2x, m2y)
                 if replaced:
                     areab += 1
                 sigtv += var
@@ -522,16 +558,27 @@ def _auto(data, rms, ddata, drms, seg, mask, blank, has_mask, has_blank, label, 
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _radius_at(growth, step, tv):
-    """Radius where the cumulative ``growth`` curve reaches ``tv`` (growth.c)."""
+def _radius_search(growth, tv):
+    """SExtractor's search of the cumulative curve for ``tv`` (growth.c).
+
+    Returns ``(i, p)``: the bin count ``i`` of the C loop and the index ``p``
+    its pointer stopped at (``p = i`` unless the loop ran to the end).
+    """
     n = growth.shape[0] - 1
     i = 0
-    p = -1   # C's pointer: stays one behind i when the loop stops on i == n
+    p = -1
     while i < n:
         p += 1
         if not (growth[p] < tv):
             break
         i += 1
+    return i, p
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _radius_at(growth, step, tv):
+    """Radius where the cumulative ``growth`` curve reaches ``tv`` (growth.c)."""
+    i, p = _radius_search(growth, tv)
     if i > 0:
         dg = growth[p] - growth[p - 1]
         if dg != 0.0:
@@ -543,9 +590,76 @@ def _radius_at(growth, step, tv):
 
 
 @njit(cache=True, error_model="numpy")
+def _growth_pass(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighted,
+                 var0, mx, my, xmin, xmax, ymin, ymax, r2lo, r2hi, stepdens, step,
+                 growth, hist):
+    """Add the pixels with ``r2lo <= r**2 < r2hi`` to the (differential) growth curve.
+
+    Per pixel exactly as SExtractor's makeavergrowth: 5x5 sub-pixels binned by
+    radius near bin boundaries, whole pixels elsewhere.
+    """
+    plain = not (has_mask or has_blank)
+    prevbinmargin = 0.75
+    nextbinmargin = step - 0.75
+    scale = 1.0 / GROWTH_OVERSAMP
+    scale2 = scale * scale
+    offset = 0.5 * (scale - 1.0)
+    m2x = 2.0 * mx + 0.49999
+    m2y = 2.0 * my + 0.49999
+    for y in range(ymin, ymax):
+        dy0 = y - my
+        for x in range(xmin, xmax):
+            dx0 = x - mx
+            r2 = dx0 * dx0 + dy0 * dy0
+            if r2 < r2lo or not (r2 < r2hi):
+                continue
+            s_ = seg[y, x]
+            r_ = rms[y, x]
+            if plain and (s_ == 0 or s_ == label or mode == MODE_NONE) and r_ < np.inf:
+                pix = np.float64(data[y, x])
+            else:
+                pix, _v, _r = _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank,
+                                          x, y, label, mode, weighted, var0, m2x, m2y)
+            r = math.sqrt(r2)
+            d = np.fmod(r, step)
+            if d < prevbinmargin or d > nextbinmargin:
+                dx = dx0 + offset
+                dy = dy0 + offset
+                # count the sub-pixels per bin, then add each bin once
+                jbase = int(max(r - 1.0, 0.0) * stepdens)
+                for _sy in range(GROWTH_OVERSAMP):
+                    dx1 = dx
+                    dy2 = dy * dy
+                    for _sx in range(GROWTH_OVERSAMP):
+                        j = int(math.sqrt(dx1 * dx1 + dy2) * stepdens)
+                        hist[j - jbase] += 1
+                        dx1 += scale
+                    dy += scale
+                spix = scale2 * pix
+                for k in range(hist.shape[0]):
+                    c = hist[k]
+                    if c:
+                        j = jbase + k
+                        if j < GROWTH_NSTEP:
+                            growth[j] += c * spix
+                        hist[k] = 0
+            else:
+                j = int(r * stepdens)
+                if j < GROWTH_NSTEP:
+                    growth[j] += pix
+
+
+@njit(cache=True, error_model="numpy")
 def _growth(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighted,
             var0, mx, my, a64, autoaper0, flux_auto, fluxfrac, out_radius):
-    """Circular growth curve; fills FLUX_RADIUS; returns (half-light radius, flags)."""
+    """Circular growth curve; fills FLUX_RADIUS; returns (half-light radius, flags).
+
+    SExtractor sums every pixel within ``6 a + 1.5`` (5x5 sub-pixels); only the
+    inner part of that curve decides the radii.  The pixels inside a radius
+    estimated from a whole-pixel curve are summed first; the rest is added
+    only when a searched radius is not decided by the complete inner bins, so
+    the result is SExtractor's in every case.
+    """
     h, w = data.shape
     plain = not (has_mask or has_blank)
     flag = 0
@@ -557,15 +671,10 @@ def _growth(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
     rextlim2 = raper * raper
     stepdens = GROWTH_NSTEP / rlim
     step = 1.0 / stepdens
-    prevbinmargin = 0.75
-    nextbinmargin = step - 0.75
-    scale = 1.0 / GROWTH_OVERSAMP
-    scale2 = scale * scale
-    offset = 0.5 * (scale - 1.0)
     m2x = 2.0 * mx + 0.49999
     m2y = 2.0 * my + 0.49999
     # a pixel's sub-pixels lie within r +- 0.57 px: at most this many bins
-    hist = np.zeros(int(1.2 * stepdens) + 3, dtype=np.int64)
+    hist = np.zeros(int(2.0 * stepdens) + 4, dtype=np.int64)
     xmin = int(mx - raper + 0.499999)
     xmax = int(mx + raper + 1.499999)
     ymin = int(my - raper + 0.499999)
@@ -582,53 +691,64 @@ def _growth(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
     if ymax > h:
         ymax = h
         flag |= FLAG_APERT_PB
-    for y in range(ymin, ymax):
-        dy0 = y - my
-        for x in range(xmin, xmax):
-            dx0 = x - mx
-            r2 = dx0 * dx0 + dy0 * dy0
-            if r2 < rextlim2:
-                s_ = seg[y, x]
-                r_ = rms[y, x]
-                if plain and (s_ == 0 or s_ == label or mode == MODE_NONE) and r_ < np.inf:
-                    pix = np.float64(data[y, x])
-                    var = np.float64(r_ * r_)
-                    _ = False
-                else:
-                    pix, var, _ = _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank,
-                                               x, y, label, mode, weighted, var0, m2x, m2y)
-                r = math.sqrt(r2)
-                d = np.fmod(r, step)
-                if d < prevbinmargin or d > nextbinmargin:
-                    dx = dx0 + offset
-                    dy = dy0 + offset
-                    # count the sub-pixels per bin (branch-free), then add each bin once
-                    jbase = int(max(r - 1.0, 0.0) * stepdens)
-                    for _sy in range(GROWTH_OVERSAMP):
-                        dx1 = dx
-                        dy2 = dy * dy
-                        for _sx in range(GROWTH_OVERSAMP):
-                            j = int(math.sqrt(dx1 * dx1 + dy2) * stepdens)
-                            hist[j - jbase] += 1
-                            dx1 += scale
-                        dy += scale
-                    spix = scale2 * pix
-                    for k in range(hist.shape[0]):
-                        c = hist[k]
-                        if c:
-                            j = jbase + k
-                            if j < GROWTH_NSTEP:
-                                growth[j] += c * spix
-                            hist[k] = 0
-                else:
-                    j = int(r * stepdens)
+    fa = np.float64(F32(flux_auto))
+    fmax = 0.5
+    for k in range(fluxfrac.shape[0]):
+        if fluxfrac[k] > fmax:
+            fmax = fluxfrac[k]
+    # whole-pixel curve: where the searched fractions are probably reached
+    rcut2 = rextlim2
+    if fa > 0.0:
+        coarse = np.zeros(GROWTH_NSTEP)
+        for y in range(ymin, ymax):
+            dy0 = y - my
+            for x in range(xmin, xmax):
+                dx0 = x - mx
+                r2 = dx0 * dx0 + dy0 * dy0
+                if r2 < rextlim2:
+                    s_ = seg[y, x]
+                    r_ = rms[y, x]
+                    if plain and (s_ == 0 or s_ == label or mode == MODE_NONE) and r_ < np.inf:
+                        pix = np.float64(data[y, x])
+                    else:
+                        pix, _v, _r = _fetch_slow(data, rms, seg, mask, blank, has_mask,
+                                                  has_blank, x, y, label, mode, weighted, var0,
+                                                  m2x, m2y)
+                    j = int(math.sqrt(r2) * stepdens)
                     if j < GROWTH_NSTEP:
-                        growth[j] += pix
+                        coarse[j] += pix
+        cum = 0.0
+        for j in range(GROWTH_NSTEP):
+            cum += coarse[j]
+            if cum >= fmax * fa:
+                rc = (j + 1) * step + 2.0
+                if rc * rc < rcut2:
+                    rcut2 = rc * rc
+                break
+    _growth_pass(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighted,
+                 var0, mx, my, xmin, xmax, ymin, ymax, 0.0, rcut2, stepdens, step, growth, hist)
+    if rcut2 < rextlim2:
+        # bins below jc only receive pixels with r < rcut: they are complete
+        jc = int((math.sqrt(rcut2) - 0.6) * stepdens)
+        cumg = np.empty(GROWTH_NSTEP)
+        acc = 0.0
+        for i in range(GROWTH_NSTEP):
+            acc += growth[i]
+            cumg[i] = acc
+        done = True
+        for k in range(fluxfrac.shape[0] + 1):
+            tv = (fluxfrac[k] if k < fluxfrac.shape[0] else 0.5) * fa
+            _i, pp = _radius_search(cumg, tv)
+            if pp >= jc:
+                done = False
+        if not done:
+            _growth_pass(data, rms, seg, mask, blank, has_mask, has_blank, label, mode,
+                         weighted, var0, mx, my, xmin, xmax, ymin, ymax, rcut2, rextlim2,
+                         stepdens, step, growth, hist)
     acc = 0.0
     for i in range(GROWTH_NSTEP):
         growth[i] += acc
         acc = growth[i]
-    fa = np.float64(F32(flux_auto))
     for k in range(fluxfrac.shape[0]):
         rad = _radius_at(growth, step, fluxfrac[k] * fa)
         if rad > rlim:
@@ -660,7 +780,12 @@ def _winpos(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
     scale2 = scale * scale
     offset = F32(0.5 * (np.float64(scale) - 1.0))
     acc = _area_table(WINPOS_OVERSAMP, scale2)
-    xsq = np.empty(WINPOS_OVERSAMP, dtype=np.float32)
+    fullarea = acc[WINPOS_OVERSAMP * WINPOS_OVERSAMP]
+    xsq = np.full(16, np.inf, dtype=np.float32)
+    dy2s = np.empty(WINPOS_OVERSAMP, dtype=np.float32)
+    whalf = 0.5 - 0.5 / WINPOS_OVERSAMP + 0.01
+    rin = np.float64(raper2) * (1.0 - 1e-5)
+    rout = np.float64(raper2) * (1.0 + 1e-5) + 1e-6
     invgain = 1.0 / gain if gain > 0.0 else 0.0
     mx = mx0
     my = my0
@@ -699,13 +824,41 @@ def _winpos(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
         dypos = 0.0
         for y in range(ymin, ymax):
             dy = F32(y - my)
+            dyy = dy * dy
+            if not (dyy < rextlim2):
+                continue
+            # sub-row offsets of this row for the sub-pixel sweeps (see _area_table)
+            dys = dy + offset
+            for sy in range(WINPOS_OVERSAMP):
+                dy2s[sy] = dys * dys
+                dys += scale
+            ady = abs(np.float64(dy))
+            fary = (ady + whalf) * (ady + whalf)
+            neary = (ady - whalf) * (ady - whalf) if ady > whalf else 0.0
             for x in range(xmin, xmax):
                 dx = F32(x - mx)
-                r2 = dx * dx + dy * dy
+                r2 = dx * dx + dyy
                 if r2 < rextlim2:
                     if r2 > rintlim2:
-                        locarea = _subarea(dx, dy, raper2, WINPOS_OVERSAMP, scale, offset,
-                                           acc, xsq)
+                        adx = abs(np.float64(dx))
+                        if (adx + whalf) * (adx + whalf) + fary < rin:
+                            locarea = fullarea
+                        else:
+                            nx = adx - whalf if adx > whalf else 0.0
+                            if nx * nx + neary > rout:
+                                locarea = F32(0.0)
+                            else:
+                                dx1 = dx + offset
+                                for kk in range(WINPOS_OVERSAMP):
+                                    xsq[kk] = dx1 * dx1
+                                    dx1 += scale
+                                nin = 0
+                                for sy in range(WINPOS_OVERSAMP):
+                                    c = 0
+                                    for kk in range(16):
+                                        c += xsq[kk] + dy2s[sy] < raper2
+                                    nin += c
+                                locarea = acc[nin]
                     else:
                         locarea = F32(1.0)
                     locarea *= math.exp(-r2 * invtwosig2)  # float32: C's expf
@@ -716,8 +869,9 @@ def _winpos(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
                         var = np.float64(r_ * r_)
                         _ = False
                     else:
-                        pix, var, _ = _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank,
-                                                   x, y, label, mode, weighted, var0, m2x, m2y)
+                        pix, var, _ = _fetch_slow(data, rms, seg, mask, blank, has_mask,
+                                                  has_blank, x, y, label, mode, weighted, var0,
+                                                  m2x, m2y)
                     la = np.float64(locarea)
                     locpix = la * pix
                     tv += locpix
@@ -937,8 +1091,15 @@ def _backguess(histo, nlevels, bmean, qzero, qscale):
 
 
 @njit(cache=True, error_model="numpy")
-def _localback(data, seg, blank, has_blank, label, mode, xmin, xmax, ymin, ymax, pbs):
-    """BACKPHOTO_TYPE LOCAL background of one object (back.c: localback)."""
+def _localback(data, seg, blank, has_blank, label, mode, xmin, xmax, ymin, ymax, pbs,
+               yblank):
+    """BACKPHOTO_TYPE LOCAL background of one object (back.c: localback).
+
+    ``xmin..ymax`` is the object's own bounding box.  Neighbour pixels are left
+    out of the annulus only up to row ``yblank``: SExtractor estimates the
+    local background while it scans the image, when only the rows already
+    scanned have been blanked.
+    """
     h, w = data.shape
     oxsize = xmax - xmin + 1
     oysize = ymax - ymin + 1
@@ -959,21 +1120,21 @@ def _localback(data, seg, blank, has_blank, label, mode, xmin, xmax, ymin, ymax,
     npix = 0
     for y in range(bymin, bymax):
         for x in range(bxmin, bxmin + pbs):
-            if not _blanked(seg, blank, has_blank, x, y, label, mode):
+            if y > yblank or not _blanked(seg, blank, has_blank, x, y, label, mode):
                 vals[npix] = data[y, x]
                 npix += 1
         for x in range(ixmax, ixmax + pbs):
-            if not _blanked(seg, blank, has_blank, x, y, label, mode):
+            if y > yblank or not _blanked(seg, blank, has_blank, x, y, label, mode):
                 vals[npix] = data[y, x]
                 npix += 1
     for y in range(bymin, iymin):
         for x in range(ixmin, ixmax):
-            if not _blanked(seg, blank, has_blank, x, y, label, mode):
+            if y > yblank or not _blanked(seg, blank, has_blank, x, y, label, mode):
                 vals[npix] = data[y, x]
                 npix += 1
     for y in range(iymax, bymax):
         for x in range(ixmin, ixmax):
-            if not _blanked(seg, blank, has_blank, x, y, label, mode):
+            if y > yblank or not _blanked(seg, blank, has_blank, x, y, label, mode):
                 vals[npix] = data[y, x]
                 npix += 1
     if npix == 0:
@@ -1051,7 +1212,7 @@ def measure_objects(data, rms, ddata, drms, seg, oseg, mask, blank, has_mask, ha
                     x, y, a, b, cxx, cyy, cxy, bxmin, bxmax, bymin, bymax, bkg_center,
                     mode, weighted, var0, gainflag, gain, backnoise2, threshfac,
                     field_thresh, satur, radii, kron_fact, kron_min, autoaper0, autoaper1,
-                    fluxfrac, local_back, pbs):
+                    fluxfrac, local_back, pbs, oxmin, oxmax, oymin, oymax, yblank):
     """All SExtractor measurements of every object (label ``i+1`` is object ``i``).
 
     Returns a tuple of arrays (see `galseg.extract.measure` for their meaning):
@@ -1084,9 +1245,9 @@ def measure_objects(data, rms, ddata, drms, seg, oseg, mask, blank, has_mask, ha
         label = i + 1
         flag = 0
         db = 0.0
-        if local_back and bxmax[i] >= 0:
+        if local_back and oxmax[i] >= 0:
             db = _localback(data, seg, blank, has_blank, label, mode,
-                            bxmin[i], bxmax[i], bymin[i], bymax[i], pbs)
+                            oxmin[i], oxmax[i], oymin[i], oymax[i], pbs, yblank[i])
         dbkg[i] = db
         sat = satur - bkg_center[i] - db
         if bxmax[i] >= 0:

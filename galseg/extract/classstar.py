@@ -95,7 +95,8 @@ def _numbers(tokens: list[str], count: int, what: str, where: str) -> np.ndarray
     try:
         return np.array([float(t) for t in tokens[:count]], dtype=np.float64)
     except ValueError:
-        raise ValueError(f"{where}: non-numeric value in {what}: {' '.join(tokens[:count])}") from None
+        raise ValueError(
+            f"{where}: non-numeric value in {what}: {' '.join(tokens[:count])}") from None
 
 
 def read_nnw(path: str | os.PathLike) -> NeuralNetwork:

@@ -17,11 +17,10 @@ detection image) is only used where SExtractor uses it (the Kron radius).
 from __future__ import annotations
 
 import math
+import threading
 import warnings
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
+import numba
 import numpy as np
 from astropy import units as u
 from astropy.table import Table
@@ -29,6 +28,7 @@ from astropy.table import Table
 from . import _kernels
 from .classstar import class_star, load_nnw
 from .params import Params
+from .presets import filter_kernel, nnw_path
 
 __all__ = ["measure", "CATALOG_COLUMNS", "resolve_gain_saturation", "sep_flags_to_sextractor"]
 
@@ -54,7 +54,22 @@ _SEP_TO_SEX_FLAGS = ((0x0001, 2),    # SEP_OBJ_MERGED    -> OBJ_MERGED
                      (0x0002, 8),    # SEP_OBJ_TRUNC     -> OBJ_TRUNC
                      (0x0004, 64))   # SEP_OBJ_DOVERFLOW -> OBJ_DOVERFLOW
 
-_FALLBACK_NNW = Path("/usr/share/source-extractor/default.nnw")
+
+# numba's "workqueue" threading layer (used where neither OpenMP nor TBB is
+# available) aborts on concurrent calls from several threads: serialise the
+# parallel kernel unless the layer in use is thread-safe.
+_KERNEL_LOCK = threading.Lock()
+_KERNEL_THREADSAFE = False
+
+
+def _measure_objects(*args):
+    global _KERNEL_THREADSAFE
+    if _KERNEL_THREADSAFE:
+        return _kernels.measure_objects(*args)
+    with _KERNEL_LOCK:
+        out = _kernels.measure_objects(*args)
+        _KERNEL_THREADSAFE = numba.threading_layer() in ("omp", "tbb")
+    return out
 
 
 def sep_flags_to_sextractor(flag) -> np.ndarray:
@@ -120,6 +135,36 @@ def _pixel_scale(params: Params, wcs, shape) -> float:
     return float(np.sqrt(area) * 3600.0)
 
 
+def _world_j2000(wcs, x, y):
+    """ALPHA_J2000, DELTA_J2000 of 0-based pixel positions (NaN without a celestial WCS).
+
+    Like SExtractor, coordinates in an FK4/FK5 frame of another equinox are
+    precessed to FK5 J2000; ICRS and FK5 J2000 coordinates are returned as they
+    are (SExtractor applies no frame tie).  Distortions in the header (SIP, TPV)
+    are applied.
+    """
+    n = len(x)
+    if wcs is None or not getattr(wcs, "has_celestial", False) or n == 0:
+        return np.full(n, np.nan), np.full(n, np.nan)
+    cw = wcs.celestial
+    lon, lat = cw.all_pix2world(x, y, 0)
+    lon = np.asarray(lon, dtype=np.float64)
+    lat = np.asarray(lat, dtype=np.float64)
+    radesys = (cw.wcs.radesys or "").strip().upper()
+    equinox = cw.wcs.equinox
+    if radesys.startswith("FK") and np.isfinite(equinox) and abs(equinox - 2000.0) > 0.003:
+        from astropy.coordinates import FK4, FK5, SkyCoord
+        from astropy.time import Time
+
+        if radesys.startswith("FK4"):
+            frame = FK4(equinox=Time(equinox, format="byear"))
+        else:
+            frame = FK5(equinox=Time(equinox, format="jyear"))
+        c = SkyCoord(lon, lat, unit="deg", frame=frame).transform_to(FK5(equinox="J2000"))
+        lon, lat = c.ra.deg, c.dec.deg
+    return lon, lat
+
+
 def _native(arr, name: str, dtype) -> np.ndarray:
     if arr is None:
         raise ValueError(f"{name} is required")
@@ -129,12 +174,16 @@ def _native(arr, name: str, dtype) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("="))
 
 
-def _nnw_file(params: Params) -> Path:
-    try:
-        from .presets import nnw_path
-    except ImportError:  # presets not available: SExtractor's installed network
-        return _FALLBACK_NNW
-    return Path(nnw_path(params))
+def _blank_lag(params: Params) -> int:
+    """Rows by which SExtractor's blanking trails its detection scan (scan.c).
+
+    With filtering, detected pixels are blanked ``kernel height // 2 + 1``
+    rows late (the filter still needs them); without, at once.
+    """
+    kernel = filter_kernel(params)
+    if kernel is None:
+        return 0
+    return int(np.shape(kernel)[0]) // 2 + 1
 
 
 def _mags(flux, err, zp):
@@ -162,7 +211,7 @@ def _isocor(flux, fluxvar, npix, dthresh):
 
 def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=None,
             detection=None, detection_rms=None, background=None, backsig=None,
-            blank=None, iso_segmap=None) -> Table:
+            blank=None, iso_segmap=None, local_blank_rows=None) -> Table:
     """Measure detected objects as SExtractor 2.25 does.
 
     Parameters
@@ -179,7 +228,9 @@ def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=N
         sep's object list (``sep.extract``), one row per label.  Positions,
         shapes (``a``, ``b``, ``theta``, ``cxx``, ``cyy``, ``cxy``), bounding
         boxes, ``thresh`` (detection threshold, for MAG_ISOCOR) and ``flag``
-        (sep bits, mapped onto SExtractor's) are taken from it.
+        (sep bits, mapped onto SExtractor's) are taken from it; a
+        ``sexflags`` field (SExtractor's detection FLAGS bits, as galseg's
+        engine provides) is used instead of ``flag`` when present.
     params : `Params` or mapping
         SExtractor parameters.  Used: PHOT_APERTURES (diameters, pixels),
         PHOT_AUTOPARAMS, PHOT_AUTOAPERS, PHOT_FLUXFRAC, MASK_TYPE,
@@ -187,8 +238,8 @@ def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=N
         WEIGHT_GAIN, ANALYSIS_THRESH, THRESH_TYPE, SEEING_FWHM, PIXEL_SCALE,
         STARNNW_NAME, BACKPHOTO_TYPE, BACKPHOTO_THICK.
     wcs : `~astropy.wcs.WCS`, optional
-        Celestial WCS of ``data``; gives ALPHA_J2000/DELTA_J2000 (NaN without)
-        and the pixel scale when PIXEL_SCALE is 0.
+        Celestial WCS of ``data``; gives ALPHA_J2000/DELTA_J2000 (NaN without;
+        see `_world_j2000`) and the pixel scale when PIXEL_SCALE is 0.
     header : `~astropy.io.fits.Header` or mapping, optional
         Header of the measured image.  As SExtractor does, the keywords named
         by GAIN_KEY (default ``GAIN``) and SATUR_KEY (default ``SATURATE``)
@@ -217,6 +268,13 @@ def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=N
         swallowed ones).  SExtractor measures ISOAREA_IMAGE, FWHM_IMAGE and the
         isophotal areas of CLASS_STAR before cleaning, on these pixels only;
         FLUX_ISO and the peak cover the merged object.  Default: ``segmap``.
+    local_blank_rows : 1-D int array, optional
+        BACKPHOTO_TYPE LOCAL only: for each object, the last image row (0-based)
+        in which SExtractor had blanked detected pixels when it estimated the
+        object's local background (SExtractor measures it during its scan, when
+        the detection island completes): ``island_ymax + 1 - (kernel height // 2
+        + 1)`` with filtering, ``island_ymax`` without.  Default: that formula
+        with the object's own ``ymax`` for ``island_ymax``.
 
     Returns
     -------
@@ -315,7 +373,8 @@ def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=N
     fluxfrac = np.asarray(params["PHOT_FLUXFRAC"] or (0.5,), dtype=np.float64)
     backphoto = params["BACKPHOTO_TYPE"].upper()
     if backphoto not in ("GLOBAL", "LOCAL"):
-        raise ValueError(f"BACKPHOTO_TYPE must be GLOBAL or LOCAL, got {params['BACKPHOTO_TYPE']!r}")
+        raise ValueError("BACKPHOTO_TYPE must be GLOBAL or LOCAL, "
+                         f"got {params['BACKPHOTO_TYPE']!r}")
     local_back = backphoto == "LOCAL"
 
     x = np.ascontiguousarray(objects["x"], dtype=np.float64)
@@ -326,6 +385,19 @@ def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=N
     cyy = np.ascontiguousarray(objects["cyy"], dtype=np.float64)
     cxy = np.ascontiguousarray(objects["cxy"], dtype=np.float64)
     bxmin, bxmax, bymin, bymax, _npix = _kernels.label_boxes(seg, n)
+    if oseg is seg:
+        oxmin, oxmax, oymin, oymax = bxmin, bxmax, bymin, bymax
+    else:
+        oxmin, oxmax, oymin, oymax, _onpix = _kernels.label_boxes(oseg, n)
+    if not local_back:
+        yblank = np.zeros(n, dtype=np.int64)
+    elif local_blank_rows is not None:
+        yblank = np.ascontiguousarray(local_blank_rows, dtype=np.int64)
+        if yblank.shape != (n,):
+            raise ValueError(f"local_blank_rows must have one entry per object ({n}), "
+                             f"got shape {yblank.shape}")
+    else:
+        yblank = np.asarray(objects["ymax"], dtype=np.int64) + 1 - _blank_lag(params)
 
     # background at the centre pixel, as SExtractor's back(field, (int)(mx+0.5), ...)
     if background is None:
@@ -342,13 +414,13 @@ def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=N
 
     (flux_aper, var_aper, flux_auto, var_auto, kron, flux_iso, var_iso, isoarea, npix,
      peak, thresh, fwhm, iso, flux_radius, xwin, ywin, snr_win, dbkg,
-     mflags) = _kernels.measure_objects(
+     mflags) = _measure_objects(
         data, rms, ddata, drms, seg, oseg, mask_u8, blank_u8, mask is not None, blank is not None,
         x, y, a, b, cxx, cyy, cxy, bxmin, bxmax, bymin, bymax, bkg_center,
         mode, weighted, backnoise2, gainflag, float(gain), backnoise2, float(threshfac),
         float(np.float32(field_thresh)), float(satur), radii, float(autoparams[0]),
         float(autoparams[1]), float(autoapers[0]), float(autoapers[1]), fluxfrac,
-        local_back, int(params["BACKPHOTO_THICK"]))
+        local_back, int(params["BACKPHOTO_THICK"]), oxmin, oxmax, oymin, oymax, yblank)
 
     zp = float(params["MAG_ZEROPOINT"])
     err_aper = np.sqrt(var_aper)
@@ -360,7 +432,12 @@ def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=N
     mag_aper, magerr_aper = _mags(flux_aper.astype(np.float32), err_aper, zp)
     mag_auto, magerr_auto = _mags(flux_auto32, err_auto, zp)
     mag_iso, magerr_iso = _mags(flux_iso32, err_iso, zp)
-    flags = sep_flags_to_sextractor(objects["flag"]) | mflags
+    if "sexflags" in objects.dtype.names:
+        # galseg's engine gives SExtractor's detection bits (incl. 32) directly
+        det_flags = np.asarray(objects["sexflags"]).astype(np.int64)
+    else:
+        det_flags = sep_flags_to_sextractor(objects["flag"])
+    flags = det_flags | mflags
     crowded = (flags & _kernels.FLAG_CROWDED) != 0
     fcor, ecor = _isocor(flux_iso, var_iso, npix, np.asarray(objects["thresh"], dtype=np.float64))
     flux_best = np.where(crowded, fcor.astype(np.float32), flux_auto32)
@@ -372,19 +449,14 @@ def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=N
     if n == 0:
         cstar = np.zeros(0, dtype=np.float32)
     elif pixscale > 0 and seeing > 0:
-        network = load_nnw(_nnw_file(params))
+        network = load_nnw(nnw_path(params))
         cstar = class_star(iso, peak, field_thresh, seeing, pixscale, network)
     else:
         warnings.warn("CLASS_STAR set to NaN: it needs SEEING_FWHM > 0 and a pixel scale "
                       "(PIXEL_SCALE > 0 or a celestial WCS)", stacklevel=2)
         cstar = np.full(n, np.nan, dtype=np.float32)
 
-    ra = np.full(n, np.nan)
-    dec = np.full(n, np.nan)
-    if wcs is not None and getattr(wcs, "has_celestial", False) and n:
-        ra, dec = wcs.celestial.all_pix2world(x, y, 0)
-        ra = np.asarray(ra, dtype=np.float64)
-        dec = np.asarray(dec, dtype=np.float64)
+    ra, dec = _world_j2000(wcs, x, y)
 
     theta = np.degrees(np.asarray(objects["theta"], dtype=np.float64))
     af = a.astype(np.float32)
