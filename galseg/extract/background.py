@@ -11,12 +11,12 @@ when there is no weight map, and the same mesh statistics run on a weight-
 derived variance map give the ``MAP_WEIGHT`` rescaling factor
 (:mod:`galseg.extract.weights`).
 
-The mesh statistics are computed here, in numba, exactly as ``back.c``
-computes them (same clipping, histogram binning in single precision, mode
-estimator and mesh filtering), because sep exposes only the interpolated
-maps.  The full-resolution background map itself comes from
-``sep.Background``, a C port of the same algorithm; the two agree mesh for
-mesh (see ``tests/test_detect.py``).
+Everything is computed here, in numba, exactly as ``back.c`` computes it (same
+clipping, single-precision histogram binning, mode estimator, mesh filtering
+and bicubic-spline interpolation): the mesh values are needed for the weight
+rescaling and sep exposes only the interpolated maps.  The maps are bit for
+bit SExtractor's ``BACKGROUND`` and ``BACKGROUND_RMS`` check images (see
+``tests/test_detect.py``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-import sep
 
-__all__ = ["MeshStatistics", "BackgroundResult", "mesh_statistics", "estimate_background"]
+__all__ = ["MeshStatistics", "BackgroundResult", "mesh_statistics", "background_map",
+           "estimate_background"]
 
 #: SExtractor's "huge number" (define.h): pixels at or below -BIG are "no data".
 BIG = 1e30
@@ -71,13 +71,14 @@ class BackgroundResult:
     Attributes
     ----------
     background : ndarray of float32
-        Full-resolution background map (constant for ``BACK_TYPE MANUAL``).
+        Full-resolution background map; for ``BACK_TYPE MANUAL`` a read-only
+        constant view (``np.broadcast_to``), which takes no memory.
     globalback, globalrms : float
         SExtractor's ``backmean`` (or ``BACK_VALUE`` for MANUAL) and
         ``backsig``.
     rms : ndarray of float32 or None
         Interpolated mesh-sigma map (SExtractor's ``BACKGROUND_RMS`` check
-        image) for ``BACK_TYPE AUTO``; None for MANUAL.
+        image), when asked for.
     mesh : MeshStatistics
         The mesh statistics of the science image.
     """
@@ -384,6 +385,126 @@ def _filterback(back, sigma, nfx, nfy, fthresh):
     return outb, outs, backmean, backsig
 
 
+@numba.njit(cache=True)
+def _spline_y(grid):
+    """Second derivatives along y of a mesh grid (``makebackspline``)."""
+    ny, nx = grid.shape
+    d = np.zeros((ny, nx), np.float32)
+    if ny < 2:
+        return d
+    u = np.zeros(ny - 1, np.float32)
+    for x in range(nx):
+        d[0, x] = 0.0
+        u[0] = 0.0
+        for y in range(1, ny - 1):
+            temp = np.float32(-1.0) / (d[y - 1, x] + np.float32(4.0))
+            d[y, x] = temp
+            temp *= u[y - 1] - np.float32(6.0) * (grid[y + 1, x] + grid[y - 1, x]
+                                                  - np.float32(2.0) * grid[y, x])
+            u[y] = temp
+        d[ny - 1, x] = 0.0
+        for y in range(ny - 2, 0, -1):
+            d[y, x] = np.float32((d[y, x] * d[y + 1, x] + u[y]) / 6.0)
+    return d
+
+
+@numba.njit(cache=True)
+def _spline_map(grid, dgrid, bw, bh, out):
+    """Bicubic-spline map of a mesh grid, line by line (``subbackline``)."""
+    height, width = out.shape
+    nby, nbx = grid.shape
+    nbxm1 = nbx - 1
+    node = np.empty(nbx, np.float32)
+    dnode = np.zeros(nbx, np.float32)
+    u = np.zeros(max(nbxm1, 1), np.float32)
+    for y in range(height):
+        if nby > 1:
+            dy = np.float32(np.float32(y) / np.float32(bh) - 0.5)
+            yl = int(dy)
+            dy -= np.float32(yl)
+            if yl < 0:
+                yl = 0
+                dy -= np.float32(1.0)
+            elif yl >= nby - 1:
+                yl = 0 if nby < 2 else nby - 2
+                dy += np.float32(1.0)
+            cdy = np.float32(1.0) - dy
+            dy3 = dy * dy * dy - dy
+            cdy3 = cdy * cdy * cdy - cdy
+            for x in range(nbx):
+                node[x] = (cdy * grid[yl, x] + dy * grid[yl + 1, x] + cdy3 * dgrid[yl, x]
+                           + dy3 * dgrid[yl + 1, x])
+            if nbx > 1:
+                dnode[0] = 0.0
+                u[0] = 0.0
+                for x in range(1, nbxm1):
+                    temp = np.float32(-1.0) / (dnode[x - 1] + np.float32(4.0))
+                    dnode[x] = temp
+                    temp *= u[x - 1] - np.float32(6.0) * (node[x + 1] + node[x - 1]
+                                                          - np.float32(2.0) * node[x])
+                    u[x] = temp
+                dnode[nbxm1] = 0.0
+                for x in range(nbx - 2, 0, -1):
+                    dnode[x] = np.float32((dnode[x] * dnode[x + 1] + u[x]) / 6.0)
+        else:
+            # one row of meshes: no y interpolation, and SExtractor then keeps
+            # the (zero) y-derivatives as x-derivatives: linear along x
+            for x in range(nbx):
+                node[x] = grid[0, x]
+                dnode[x] = dgrid[0, x]
+        if nbx > 1:
+            if bw == 1:
+                for j in range(width):
+                    out[y, j] = node[j] if j < nbx else node[nbx - 1]
+            else:
+                xstep = np.float32(1.0) / np.float32(bw)
+                changepoint = bw // 2
+                dx = (xstep - np.float32(1.0)) / np.float32(2.0)
+                dx0 = np.float32((bw + 1) % 2) * xstep / np.float32(2.0)
+                lo = 0
+                xm = 0
+                i = 0
+                for j in range(width):
+                    if i == changepoint and xm > 0 and xm < nbxm1:
+                        lo += 1
+                        dx = dx0
+                    cdx = np.float32(1.0) - dx
+                    out[y, j] = (cdx * (node[lo] + (cdx * cdx - np.float32(1.0)) * dnode[lo])
+                                 + dx * (node[lo + 1] + (dx * dx - np.float32(1.0))
+                                         * dnode[lo + 1]))
+                    if i == bw:
+                        xm += 1
+                        i = 0
+                    i += 1
+                    dx += xstep
+        else:
+            for j in range(width):
+                out[y, j] = node[0]
+
+
+def background_map(grid, shape, mesh_size):
+    """Full-resolution map of a mesh grid (SExtractor's bicubic splines).
+
+    Parameters
+    ----------
+    grid : 2-D ndarray of float32
+        Mesh values (`MeshStatistics.back` or ``.sigma``).
+    shape : tuple
+        Image shape.
+    mesh_size : tuple
+        ``(bw, bh)``.
+
+    Returns
+    -------
+    ndarray of float32
+        The ``BACKGROUND`` (or ``BACKGROUND_RMS``) check image.
+    """
+    grid = np.ascontiguousarray(grid, dtype=np.float32)
+    out = np.empty(shape, np.float32)
+    _spline_map(grid, _spline_y(grid), int(mesh_size[0]), int(mesh_size[1]), out)
+    return out
+
+
 # --------------------------------------------------------------------------- public API
 def _mesh_geometry(shape, back_size, filter_size):
     height, width = shape
@@ -442,7 +563,7 @@ def mesh_statistics(data, *, valid=None, wvar=None, wthresh=BIG, back_size=64,
     return image, weight
 
 
-def estimate_background(data, params, *, valid=None, mesh=None):
+def estimate_background(data, params, *, valid=None, mesh=None, want_rms=False):
     """The background to subtract, as ``BACK_TYPE`` asks.
 
     Parameters
@@ -456,27 +577,27 @@ def estimate_background(data, params, *, valid=None, mesh=None):
         Pixels with data and weight (others are left out of the statistics).
     mesh : MeshStatistics, optional
         Mesh statistics already computed for ``data`` / ``valid``.
+    want_rms : bool
+        Also return the full-resolution background-rms map (SExtractor's
+        ``BACKGROUND_RMS`` check image, whatever ``BACK_TYPE``).
 
     Returns
     -------
     BackgroundResult
     """
     back_type = params["BACK_TYPE"][0].upper()
+    if back_type not in ("AUTO", "MANUAL"):
+        raise ValueError(f"BACK_TYPE must be AUTO or MANUAL, got {params['BACK_TYPE'][0]!r}")
     if mesh is None:
         mesh, _ = mesh_statistics(data, valid=valid, back_size=params["BACK_SIZE"],
                                   filter_size=params["BACK_FILTERSIZE"],
                                   filter_thresh=params["BACK_FILTTHRESH"])
+    shape = np.shape(data)
+    rms = background_map(mesh.sigma, shape, mesh.mesh_size) if want_rms else None
     if back_type == "MANUAL":
         value = float(params["BACK_VALUE"][0]) if params["BACK_VALUE"] else 0.0
-        background = np.full(data.shape, np.float32(value), dtype=np.float32)
-        return BackgroundResult(background, value, mesh.backsig, None, mesh)
-    if back_type != "AUTO":
-        raise ValueError(f"BACK_TYPE must be AUTO or MANUAL, got {params['BACK_TYPE'][0]!r}")
-    bw, bh = mesh.mesh_size
-    _, _, fw, fh = _mesh_geometry(data.shape, params["BACK_SIZE"], params["BACK_FILTERSIZE"])
-    mask = None if valid is None else ~valid
-    bkg = sep.Background(np.ascontiguousarray(data, dtype=np.float32), mask=mask,
-                         bw=bw, bh=bh, fw=fw, fh=fh, fthresh=float(params["BACK_FILTTHRESH"]))
-    background = bkg.back(dtype=np.float32)
-    rms = bkg.rms(dtype=np.float32)
+        # a read-only constant view: no memory for a constant map
+        background = np.broadcast_to(np.float32(value), shape)
+        return BackgroundResult(background, value, mesh.backsig, rms, mesh)
+    background = background_map(mesh.back, shape, mesh.mesh_size)
     return BackgroundResult(background, mesh.backmean, mesh.backsig, rms, mesh)

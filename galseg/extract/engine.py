@@ -27,17 +27,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 import sep
 
 from .background import BIG, BackgroundResult, estimate_background, mesh_statistics
-from .clean import clean_and_order
-from .detect import Detection, analyse_detections, detect, detection_kernel, filter_image, \
-    sextractor_pixel_lists, threshold_map
+from .clean import analyse_detections, clean_and_order, strip_geometry
+from .detect import detect, detection_kernel, filter_image, sextractor_pixel_lists, \
+    threshold_map
 from .params import Params
 from .result import ExtractionResult
-from .weights import WEIGHT_TYPES, interpolate_bad, raw_variance, rescale_factor, \
-    weight_threshold
+from .weights import WEIGHT_TYPES, interpolate_bad, noise_map, raw_variance, \
+    rescale_factor, rescale_variance, weight_threshold
 
 __all__ = ["run", "detect_sources", "Sources", "METHODS", "OBJECT_FIELDS"]
 
@@ -60,11 +61,9 @@ OBJECT_FIELDS = [
     ("cxx", np.float32), ("cyy", np.float32), ("cxy", np.float32),
     ("cflux", np.float32), ("flux", np.float32), ("cpeak", np.float32), ("peak", np.float32),
     ("xcpeak", np.int64), ("ycpeak", np.int64), ("xpeak", np.int64), ("ypeak", np.int64),
-    ("flag", np.int64), ("sexflags", np.int64),
-    ("isoarea", np.int64), ("flux_iso", np.float32), ("fluxvar_iso", np.float32),
-    ("flux_max", np.float32), ("iso_thresh", np.float32), ("iso", np.int64, (8,)),
-    ("fwhm", np.float32), ("bkg", np.float32), ("abcor", np.float32),
-    ("mthresh", np.float32), ("parent", np.int64), ("nmerged", np.int64),
+    ("flag", np.int64), ("sexflags", np.int64), ("bkg", np.float32),
+    ("abcor", np.float32), ("mthresh", np.float32), ("parent", np.int64),
+    ("nmerged", np.int64),
 ]
 
 
@@ -122,24 +121,6 @@ def _native2d(arr, name, shape=None):
     return a
 
 
-def _resolve_gain_satur(params, header):
-    def key(name):
-        if header is None or not params[name]:
-            return None
-        try:
-            v = header.get(params[name])
-            if v is None or isinstance(v, bool):
-                return None
-            v = float(v)
-            return v if np.isfinite(v) else None
-        except (TypeError, ValueError, AttributeError):
-            return None
-    g = key("GAIN_KEY")
-    s = key("SATUR_KEY")
-    return (float(params["GAIN"]) if g is None else g,
-            float(params["SATUR_LEVEL"]) if s is None else s)
-
-
 def _roots(absorber):
     """Final survivor of every raw object (pointer jumping on the absorber tree)."""
     root = np.where(absorber < 0, np.arange(absorber.size), absorber)
@@ -174,22 +155,28 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
 
     Notes
     -----
-    ``objects`` fields: sep's ``extract`` fields with SExtractor's meanings
-    (0-based pixel coordinates; ``x``, ``y``, second moments, ``a``, ``b``,
-    ``theta`` [radians], ``cxx``.. are the detection-stage moments of the
-    filtered image, kept unchanged by CLEAN merging, as SExtractor keeps them;
-    ``npix`` = ISOAREAF, ``tnpix`` = detection pixels above threshold,
-    ``cflux``/``flux`` = filtered/unfiltered sums, ``cpeak``/``peak`` peaks,
-    all summed / maximised over merged detections; ``errx2``.. SExtractor's
-    detection position-error moments; ``thresh`` the detection threshold;
-    ``flag`` sep's bits (1 deblended, 2 truncated, 8 singular moments);
-    ``sexflags`` SExtractor's detection FLAGS bits (2, 8, 32)).  SExtractor's
-    isophotal analysis of each detection's own pixels: ``isoarea``
-    (ISOAREA_IMAGE), ``flux_iso``/``fluxvar_iso`` (FLUX_ISO and its variance,
-    summed over merges), ``flux_max``, ``iso_thresh`` (THRESHOLD), ``iso``
-    (ISO0..7), ``fwhm`` (FWHM_IMAGE), ``bkg`` (BACKGROUND).  ``parent`` is the
-    detection (8-connected group) the source was deblended from and
-    ``nmerged`` the number of detections CLEAN merged into it.
+    ``objects`` has sep's ``extract`` fields, with SExtractor's values
+    (0-based pixel coordinates):
+
+    - ``x``, ``y``, ``x2``, ``y2``, ``xy``, ``a``, ``b``, ``theta`` (radians,
+      as sep), ``cxx``, ``cyy``, ``cxy``: the detection moments of the
+      filtered image (X_IMAGE, X2_IMAGE, A_IMAGE ...); a deblended source
+      keeps its core's barycentre; CLEAN merging leaves them unchanged, as
+      SExtractor does;
+    - ``npix`` (ISOAREAF_IMAGE), ``tnpix``, ``cflux``, ``flux``: pixel counts
+      and filtered / unfiltered sums, ``cpeak`` (+ ``xcpeak``, ``ycpeak``:
+      XPEAK/YPEAK_IMAGE) and ``peak``: maxima, and the bounding box, all over
+      the source *including* what CLEAN merged into it;
+    - ``errx2``, ``erry2``, ``errxy``: ERRX2_IMAGE ... (global noise and gain);
+    - ``thresh``: THRESHOLD (the source's lowest detection threshold);
+    - ``flag``: sep's bits (1 deblended, 2 truncated, 8 singular moments);
+      ``sexflags``: SExtractor's FLAGS bits set at detection (2 deblended,
+      8 truncated, 32 isophote incomplete in SExtractor's buffer);
+    - ``bkg``: BACKGROUND (the mesh grid interpolated linearly at the centre
+      pixel, as SExtractor does even for ``BACK_TYPE MANUAL``);
+    - ``abcor``, ``mthresh``: SExtractor's CLEAN inputs; ``parent``: index of
+      the detection (8-connected group, in completion order) the source was
+      deblended from; ``nmerged``: detections CLEAN merged into it.
     """
     if not isinstance(params, Params):
         params = Params(params)
@@ -242,59 +229,50 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
             backsig = float(np.float32(backsig) / np.float32(sigfac_measured))
     valid_bkg = ~hard if wvar0 is None else (~hard & (wvar0 < np.float32(wthresh)))
     need_rms_map = wtype == "BACKGROUND"
-    bkg = estimate_background(image, params, valid=valid_bkg, mesh=image_mesh)
-    if need_rms_map and bkg.rms is None:
-        bkg_auto = estimate_background(image, params.replace(BACK_TYPE="AUTO"),
-                                       valid=valid_bkg, mesh=image_mesh)
-        bkg.rms = bkg_auto.rms
+    bkg = estimate_background(image, params, valid=valid_bkg, mesh=image_mesh,
+                              want_rms=need_rms_map)
     timings["background"] = time.perf_counter() - t0
 
     # ---- absolute variance, interpolation of no-data pixels
     t1 = time.perf_counter()
-    data = image - bkg.background
+    data = image  # our private copy: background-subtracted in place
+    data -= bkg.background
     varmap = None
     n_interp = 0
-    if wmap is not None or need_rms_map:
-        s2 = np.float32(np.float32(sigfac) * np.float32(sigfac))
-        if wtype == "MAP_WEIGHT":
-            w32 = np.asarray(wmap, dtype=np.float32)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                varmap = np.where(nodata, np.float32(BIG), s2 / np.where(nodata, 1, w32))
-        elif wtype == "MAP_VAR":
-            varmap = np.where(nodata, np.float32(BIG), wvar0 * s2)
-        elif wtype == "MAP_RMS":
-            varmap = wvar0
-        else:  # BACKGROUND: the interpolated mesh-sigma map, squared
-            varmap = bkg.rms.astype(np.float32) ** 2
-        varmap = np.ascontiguousarray(varmap, dtype=np.float32)
+    if wmap is not None:
+        varmap = rescale_variance(wtype, wvar0, wmap, nodata, sigfac)
+    elif need_rms_map:  # BACKGROUND: the interpolated mesh-sigma map, squared
+        varmap = np.square(bkg.rms, dtype=np.float32)
+    if varmap is not None:
         varmap[hard] = np.float32(BIG)
         interp = params["INTERP_TYPE"][0].upper() if params["INTERP_TYPE"] else "NONE"
         if interp not in ("NONE", "VAR_ONLY", "ALL"):
             raise ValueError(f"INTERP_TYPE must be NONE, VAR_ONLY or ALL, got {interp!r}")
         if interp != "NONE" and wtype != "BACKGROUND":
-            before = varmap >= np.float32(wthresh)
+            nbad = int(np.count_nonzero(varmap >= np.float32(wthresh)))
             interpolate_bad(data, varmap, wthresh, xlag=params["INTERP_MAXXLAG"],
                             ylag=params["INTERP_MAXYLAG"], with_data=(interp == "ALL"))
-            n_interp = int(np.count_nonzero(before & (varmap < np.float32(wthresh))))
-            varmap[hard] = np.float32(BIG)
-    data[hard] = 0.0
-    if varmap is not None:
-        nodata_final = varmap >= np.float32(BIG)
-        rmsmap = np.sqrt(varmap, dtype=np.float32)
-        rmsmap[nodata_final] = np.inf
+            n_interp = nbad - int(np.count_nonzero(varmap >= np.float32(wthresh)))
+        rmsmap = noise_map(varmap, hard)
     else:
         rmsmap = np.full(shape, np.float32(backsig), dtype=np.float32)
-    rmsmap[hard] = np.inf
+        rmsmap[hard] = np.inf
+    data[hard] = 0.0
     timings["weights"] = time.perf_counter() - t1
 
     # ---- filtering and threshold
     t2 = time.perf_counter()
     kernel = detection_kernel(params)
-    filtered = filter_image(data, kernel) if kernel is not None else data.copy()
+    # (without a filter the detection image is the data itself: nothing
+    # downstream writes to either)
+    filtered = filter_image(data, kernel) if kernel is not None else data
     weighted = varmap is not None
     if weighted and params["THRESH_TYPE"].upper() != "ABSOLUTE":
-        fvar = filter_image(varmap, kernel) if kernel is not None else varmap
-        thresh = threshold_map(params, fvar=fvar)
+        if kernel is not None:
+            fvar = filter_image(varmap, kernel)
+            thresh = threshold_map(params, fvar=fvar, out=fvar)
+        else:
+            thresh = threshold_map(params, fvar=varmap)
     else:
         thresh = threshold_map(params, backsig=backsig)
     timings["filter"] = time.perf_counter() - t2
@@ -302,27 +280,26 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
     # ---- segmentation + deblending (sep)
     t3 = time.perf_counter()
     det = detect(filtered, thresh, params)
-    maxarea = int(params["DETECT_MAXAREA"])
-    if maxarea > 0 and len(det.objects):
-        det = _drop_large(det, maxarea)
     timings["detect"] = time.perf_counter() - t3
 
-    # ---- per-detection analysis, CLEAN and catalogue order
+    # ---- SExtractor's pixel lists and sharing, analysis, CLEAN and order
     t4 = time.perf_counter()
-    gain, satur = _resolve_gain_satur(params, header)
-    lists = None
-    share = {"reshared": 0, "kept": 0}
-    if params["CLEAN"] or len(det.objects) != len(np.unique(det.parent)):
-        off, idx, share = sextractor_pixel_lists(det, data, params, weighted=weighted)
-        lists = (off, idx)
-    props, iso = analyse_detections(det, data, varmap, params, backsig=backsig,
-                                    mesh=image_mesh, gain=gain, satur_level=satur,
-                                    pixel_lists=lists)
-    absorber, order = clean_and_order(
-        props, det.objects, det.parent_ymax + 1, params, height,
-        kernel_height=None if kernel is None else kernel.shape[0])
-    objects, segmap, own, blank = _assemble(det, props, iso, absorber, order, params, height,
-                                            kernel)
+    from .measure import resolve_gain_saturation
+
+    gain, satur = resolve_gain_saturation(params, header)
+    off, idx, centre, share = sextractor_pixel_lists(det, data, params, weighted=weighted)
+    props = analyse_detections(det, data, params, backsig=backsig, mesh=image_mesh,
+                               pixel_lists=(off, idx), centre=centre, gain=gain,
+                               weighted=weighted)
+    maxarea = int(params["DETECT_MAXAREA"])
+    if maxarea > 0 and len(props) and (props["fdnpix"] > maxarea).any():
+        # SExtractor skips these after deblending: not catalogued, not in the map
+        keep = props["fdnpix"] <= maxarea
+        det, props = det.subset(keep), props[keep]
+    khe = None if kernel is None else kernel.shape[0]
+    absorber, order = clean_and_order(props, props, det.parent_ymax + 1, params, height,
+                                      kernel_height=khe)
+    objects, segmap, own, blank = _assemble(det, props, absorber, order, params, height, khe)
     timings["clean"] = time.perf_counter() - t4
 
     meta = {
@@ -349,6 +326,7 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
         "thresh_type": params["THRESH_TYPE"].upper(),
         "deblend_reshared": int(share["reshared"]),
         "deblend_kept_sep": int(share["kept"]),
+        "deblend_rand_calls": int(share["rand_calls"]),
         "pixstack": int(det.pixstack),
         "sub_object_limit": int(det.sub_object_limit),
         "timings": timings,
@@ -356,131 +334,118 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
     return Sources(segmap, objects, own, blank, data, rmsmap, bkg, filtered, thresh, hard, meta)
 
 
-def _drop_large(det: Detection, maxarea: int) -> Detection:
-    """Forget detections larger than DETECT_MAXAREA (SExtractor skips them)."""
-    keep = det.objects["npix"] <= maxarea
-    if keep.all():
-        return det
-    lut = np.zeros(len(keep) + 1, np.int32)
-    lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return Detection(det.objects[keep], lut[det.segmap], det.filtered, det.thresh,
-                     det.parent[keep], det.parent_ymin[keep], det.parent_ymax[keep],
-                     det.pixstack, det.sub_object_limit)
-
-
-def _iso_pb(det: Detection, params, height, kernel):
+def _iso_pb(det, params, height, kernel_height):
     """OBJ_ISO_PB: the detection started above SExtractor's image buffer."""
-    from .clean import strip_geometry
-
-    strip_h, strip_m = strip_geometry(params, height,
-                                      None if kernel is None else kernel.shape[0])
+    strip_h, strip_m = strip_geometry(params, height, kernel_height)
     if height <= strip_h:
         return np.zeros(len(det.objects), bool)
+    # buffer's first line while line yc is scanned (readimage.c loadstrip)
     yc = det.parent_ymax + 1
     buf_ymin = np.clip(yc - strip_h + strip_m + 1, 0, height - strip_h)
-    buf_ymin = np.where(yc >= height, height - strip_h, buf_ymin)
     return det.parent_ymin < buf_ymin
 
 
-def _assemble(det, props, iso, absorber, order, params, height, kernel):
+def _group_max(idx, values, n, own):
+    """Per group: max of ``values`` and which member holds it (the survivor
+    ``own[g]`` unless another member is strictly higher, as mergeobject)."""
+    order = np.lexsort((-values, idx))        # by group, highest first
+    first = np.ones(order.size, bool)
+    first[1:] = idx[order][1:] != idx[order][:-1]
+    top = order[first]                         # a highest member per group
+    best = np.full(n, -np.inf)
+    best[idx[top]] = values[top]
+    holder = own.copy()
+    higher = values[top] > values[own[idx[top]]]
+    holder[idx[top][higher]] = top[higher]
+    return best, holder
+
+
+def _assemble(det, props, absorber, order, params, height, kernel_height):
     """Merge swallowed detections into their absorbers and number the survivors."""
     raw = det.objects
     nraw = len(raw)
     nout = len(order)
     objects = np.zeros(nout, dtype=OBJECT_FIELDS)
-    shape = det.segmap.shape
     if nraw == 0:
-        empty = np.zeros(shape, np.int32)
-        return objects, empty, empty.copy(), det.filtered > _thresh_arr(det.thresh)
+        empty = np.zeros(det.segmap.shape, np.int32)
+        return objects, empty, empty.copy(), det.above.copy()
 
     root = _roots(absorber)
     number = np.zeros(nraw, np.int64)
     number[order] = np.arange(1, nout + 1)
-    rnum = number[root]  # NUMBER of each raw object's final survivor
-    idx = rnum - 1
+    idx = number[root] - 1        # output row of each raw object's survivor
+    src = order                   # raw object of each output row (keeps its moments)
 
-    sexflags = np.zeros(nraw, np.int64)
-    sexflags |= np.where(raw["flag"] & _SEP_MERGED, OBJ_MERGED, 0)
-    sexflags |= np.where(raw["flag"] & _SEP_TRUNC, OBJ_TRUNC, 0)
-    sexflags |= np.where(raw["flag"] & _SEP_DOVERFLOW, OBJ_DOVERFLOW, 0)
-    sexflags |= np.where(_iso_pb(det, params, height, kernel), OBJ_ISO_PB, 0)
+    flag = raw["flag"].astype(np.int64)
+    sexflags = (np.where(flag & _SEP_MERGED, OBJ_MERGED, 0)
+                | np.where(flag & _SEP_TRUNC, OBJ_TRUNC, 0)
+                | np.where(flag & _SEP_DOVERFLOW, OBJ_DOVERFLOW, 0)
+                | np.where(_iso_pb(det, params, height, kernel_height), OBJ_ISO_PB, 0))
     # a swallowed detection passes on all its flags but MERGED (and CROWDED)
-    passed = np.where(absorber >= 0, sexflags & ~OBJ_MERGED, sexflags)
-    sepflag = np.where(absorber >= 0, raw["flag"] & ~_SEP_MERGED, raw["flag"])
+    swallowed = absorber >= 0
+    passed = np.where(swallowed, sexflags & ~OBJ_MERGED, sexflags)
+    sepflag = np.where(swallowed, flag & ~_SEP_MERGED, flag) & ~_SEP_SINGU
     agg_sex = np.zeros(nout, np.int64)
     agg_sep = np.zeros(nout, np.int64)
     np.bitwise_or.at(agg_sex, idx, passed)
-    np.bitwise_or.at(agg_sep, idx, sepflag & ~_SEP_SINGU)
+    np.bitwise_or.at(agg_sep, idx, sepflag)
 
-    src = order  # raw index of each output row (its own moments are kept)
-    for f in ("x", "y", "x2", "y2", "xy", "a", "b", "theta", "cxx", "cyy", "cxy"):
-        objects[f] = raw[f][src]
+    for f in ("x", "y", "x2", "y2", "xy", "a", "b", "theta", "cxx", "cyy", "cxy",
+              "abcor", "mthresh", "bkg"):
+        objects[f] = props[f][src]
     objects["number"] = np.arange(1, nout + 1)
     objects["errx2"] = props["poserr_mx2"][src]
     objects["erry2"] = props["poserr_my2"][src]
     objects["errxy"] = props["poserr_mxy"][src]
     objects["thresh"] = props["dthresh"][src]
-    objects["abcor"] = props["abcor"][src]
-    objects["mthresh"] = props["mthresh"][src]
-    objects["isoarea"] = props["npix"][src]
-    objects["iso_thresh"] = props["thresh"][src]
-    objects["iso"] = iso[src]
-    objects["fwhm"] = props["fwhm"][src]
-    objects["bkg"] = props["bkg"][src]
     objects["parent"] = det.parent[src]
     objects["nmerged"] = np.bincount(idx, minlength=nout) - 1
-
-    def summed(values, dtype):
-        out = np.zeros(nout, np.float64)
-        np.add.at(out, idx, values.astype(np.float64))
-        return out.astype(dtype)
-
-    objects["npix"] = summed(props["fdnpix"], np.int64)
-    objects["tnpix"] = summed(props["dnpix"], np.int64)
-    objects["cflux"] = summed(props["fdflux"], np.float32)
-    objects["flux"] = summed(props["dflux"], np.float32)
-    objects["flux_iso"] = summed(props["flux"], np.float32)
-    objects["fluxvar_iso"] = summed(props["fluxerr"], np.float32)
-    for fmax, fpos in (("fdpeak", ("xcpeak", "ycpeak")), ("dpeak", ("xpeak", "ypeak")),
-                       ("peak", None)):
-        vals = props[fmax].astype(np.float64)
-        # the survivor keeps its own peak unless a swallowed one is strictly higher
-        best = np.full(nout, -np.inf)
-        np.maximum.at(best, idx, vals)
-        own_val = vals[src]
-        holder = src.copy()
-        beat = (vals > own_val[idx]) & (vals == best[idx])
-        holder[idx[beat]] = np.flatnonzero(beat)
-        name = {"fdpeak": "cpeak", "dpeak": "peak", "peak": "flux_max"}[fmax]
-        objects[name] = best.astype(np.float32)
-        if fpos:
-            objects[fpos[0]] = raw[fpos[0]][holder]
-            objects[fpos[1]] = raw[fpos[1]][holder]
-    for f, fn in (("xmin", np.minimum), ("ymin", np.minimum)):
-        v = np.full(nout, np.iinfo(np.int64).max)
-        fn.at(v, idx, raw[f].astype(np.int64))
+    for f, p in (("npix", "fdnpix"), ("tnpix", "dnpix")):
+        objects[f] = np.bincount(idx, weights=props[p], minlength=nout).astype(np.int64)
+    for f, p in (("cflux", "fdflux"), ("flux", "dflux")):
+        # mergeobject adds single-precision fluxes one at a time; the order
+        # only matters in the last bits
+        objects[f] = np.bincount(idx, weights=props[p].astype(np.float64), minlength=nout)
+    for p, name, pos in (("fdpeak", "cpeak", ("xcpeak", "ycpeak")),
+                         ("dpeak", "peak", ("xpeak", "ypeak"))):
+        best, holder = _group_max(idx, props[p].astype(np.float64), nout, src.copy())
+        objects[name] = best
+        objects[pos[0]] = props[pos[0]][holder]
+        objects[pos[1]] = props[pos[1]][holder]
+    lo = np.full(nout, np.iinfo(np.int64).max)
+    hi = np.full(nout, np.iinfo(np.int64).min)
+    for f in ("xmin", "ymin"):
+        v = lo.copy()
+        np.minimum.at(v, idx, props[f])
         objects[f] = v
-    for f, fn in (("xmax", np.maximum), ("ymax", np.maximum)):
-        v = np.full(nout, np.iinfo(np.int64).min)
-        fn.at(v, idx, raw[f].astype(np.int64))
+    for f in ("xmax", "ymax"):
+        v = hi.copy()
+        np.maximum.at(v, idx, props[f])
         objects[f] = v
-    objects["flag"] = agg_sep | (raw["flag"][src] & _SEP_SINGU)
+    objects["flag"] = agg_sep | np.where(props["singu"][src], _SEP_SINGU, 0)
     objects["sexflags"] = agg_sex
 
     lut = np.zeros(nraw + 1, np.int32)
-    lut[1:] = rnum
-    segmap = lut[det.segmap]
-    own_lut = np.zeros(nraw + 1, np.int32)
-    own_lut[1:] = np.where(absorber < 0, rnum, 0)
-    own = own_lut[det.segmap]
-    swallowed = np.zeros(nraw + 1, bool)
-    swallowed[1:] = absorber >= 0
-    blank = (det.filtered > _thresh_arr(det.thresh)) & ~swallowed[det.segmap]
+    lut[1:] = idx + 1
+    own_lut = np.where(np.r_[True, swallowed], 0, lut).astype(np.int32)
+    segmap = det.segmap  # relabelled in place (with `own` and `blank`)
+    own = np.empty_like(segmap)
+    blank = det.above
+    _final_maps(segmap.reshape(-1), lut, own_lut, blank.reshape(-1), own.reshape(-1))
     return objects, segmap, own, blank
 
 
-def _thresh_arr(thresh):
-    return np.float32(thresh) if np.ndim(thresh) == 0 else thresh
+@numba.njit(cache=True)
+def _final_maps(seg, lut, own_lut, above, own):
+    for i in range(seg.size):
+        v = seg[i]
+        if v:
+            own[i] = own_lut[v]
+            seg[i] = lut[v]
+            if own[i] == 0:  # a swallowed detection's pixel is not blanked
+                above[i] = False
+        else:
+            own[i] = 0
 
 
 def run(sci, *, rms=None, wht=None, var=None, params, method="sep", header=None, wcs=None,

@@ -36,6 +36,8 @@ from .background import BIG, MeshStatistics
 __all__ = [
     "WEIGHT_TYPES",
     "raw_variance",
+    "rescale_variance",
+    "noise_map",
     "weight_threshold",
     "rescale_factor",
     "interpolate_bad",
@@ -51,6 +53,27 @@ WEIGHT_TYPES = {
 }
 
 _BIG32 = np.float32(BIG)
+
+
+_CODES = {"MAP_WEIGHT": 0, "MAP_RMS": 1, "MAP_VAR": 2}
+
+
+@numba.njit(cache=True)
+def _raw_variance(a, code, var, nodata):
+    big = np.float32(BIG)
+    for i in range(a.size):
+        v = np.float32(a[i])
+        bad = not (np.isfinite(v) and v > 0)
+        if not bad:
+            if code == 0:
+                r = np.float32(1.0) / v
+            elif code == 1:
+                r = v * v
+                bad = not np.isfinite(r)  # rms beyond sqrt(float max)
+            else:
+                r = v
+        nodata[i] = bad
+        var[i] = big if bad else r
 
 
 def raw_variance(weight_type, array):
@@ -70,25 +93,62 @@ def raw_variance(weight_type, array):
     nodata : ndarray of bool
         Pixels with no usable value (non-finite; weight <= 0; rms or var <= 0).
     """
+    if weight_type not in _CODES:
+        raise ValueError(f"raw_variance: unknown weight type {weight_type!r}")
     a = np.asarray(array)
-    a = a.astype(np.float32) if a.dtype != np.float32 or not a.dtype.isnative else a
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        finite = np.isfinite(a)
-        nodata = ~finite | (a <= 0)
-        if weight_type == "MAP_WEIGHT":
-            var = np.float32(1.0) / np.where(nodata, np.float32(1.0), a)
-        elif weight_type == "MAP_RMS":
-            var = np.where(nodata, np.float32(0.0), a) ** 2
-            # rms >= sqrt(BIG) overflows single precision: SExtractor treats
-            # such pixels as unweighted too.
-            nodata |= ~np.isfinite(var)
-        elif weight_type == "MAP_VAR":
-            var = np.where(nodata, np.float32(0.0), a).astype(np.float32, copy=True)
-        else:
-            raise ValueError(f"raw_variance: unknown weight type {weight_type!r}")
-    var = np.ascontiguousarray(var, dtype=np.float32)
-    var[nodata] = _BIG32
+    if not a.dtype.isnative or a.dtype.kind != "f" or not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("=") if a.dtype.kind == "f"
+                                 else np.float64)
+    var = np.empty(a.shape, np.float32)
+    nodata = np.empty(a.shape, np.bool_)
+    _raw_variance(a.reshape(-1), _CODES[weight_type], var.reshape(-1), nodata.reshape(-1))
     return var, nodata
+
+
+@numba.njit(cache=True)
+def _rescale(var, w, nodata, s2, code):
+    big = np.float32(BIG)
+    for i in range(var.size):
+        if nodata[i]:
+            var[i] = big
+        elif code == 0:
+            var[i] = s2 / np.float32(w[i])
+        elif code == 2:
+            var[i] = var[i] * s2
+
+
+def rescale_variance(weight_type, var, array, nodata, sigfac):
+    """Apply the rescaling factor in place: ``sigfac**2 / weight`` (MAP_WEIGHT),
+    ``sigfac**2 * var`` (MAP_VAR), single precision as ``weight_to_var``."""
+    if weight_type not in ("MAP_WEIGHT", "MAP_VAR"):
+        return var
+    s2 = np.float32(np.float32(sigfac) * np.float32(sigfac))
+    a = np.asarray(array)
+    if not a.dtype.isnative or a.dtype.kind != "f" or not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a, dtype=np.float64)
+    _rescale(var.reshape(-1), a.reshape(-1), nodata.reshape(-1), s2, _CODES[weight_type])
+    return var
+
+
+@numba.njit(cache=True)
+def _noise(var, hard, rms):
+    big = np.float32(BIG)
+    inf = np.float32(np.inf)
+    for i in range(var.size):
+        if hard[i]:
+            var[i] = big
+        v = var[i]
+        rms[i] = inf if v >= big else np.float32(np.sqrt(v))
+
+
+def noise_map(var, hard):
+    """Absolute rms from the final variance; ``inf`` where there is no data.
+
+    ``var`` is set to ``BIG`` on the ``hard`` (masked) pixels, in place.
+    """
+    rms = np.empty(var.shape, np.float32)
+    _noise(var.reshape(-1), np.ascontiguousarray(hard).reshape(-1), rms.reshape(-1))
+    return rms
 
 
 def weight_threshold(weight_type, params):
