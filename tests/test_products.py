@@ -710,7 +710,7 @@ def test_list_and_clean(tmp_path, inputs):
     assert set(removed) == {orphan, stale_lock, bad.seg_path, bad.bkg_path, bad.cat_path}
     assert good.is_valid() and len(list_products(work)) == 1
 
-    res = subprocess.run([sys.executable, "-m", "galseg.products", "list", str(work)],
+    res = subprocess.run([sys.executable, "-m", "galseg.cli", "cache", "list", "--work-dir", str(work)],
                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert res.returncode == 0 and good.short_hash in res.stdout and "1 products, 0 invalid" in res.stdout
     assert clean(work, invalid_only=False, survey="OTHER") == []
