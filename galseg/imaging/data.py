@@ -154,3 +154,89 @@ class Data:
         lines = [f"Data({self.survey} {self.version}: {len(self)} bands)", line(header),
                  line(["-" * w for w in widths])] + [line(r) for r in rows]
         return "\n".join(lines)
+
+    # ------------------------------------------------------ multi-band pipeline
+    # Thin delegates: the logic lives in galseg.pipeline.multiband.
+    def segment(self, err_type=None, method=None, config=None, overwrite=False, *,
+                workers=None, scheduler=None, progress=True, **overrides) -> "Data":
+        """Segment every band (`Band_Data.segment`), skipping cached ones.
+
+        Bands that are not cached run in separate processes: a local pool by
+        default (``workers``: number of processes, default one per CPU; 1 runs
+        here), or a Dask cluster when ``scheduler`` is a `distributed.Client`
+        or a scheduler address.  Results are identical to a serial run.
+        Shows a progress bar (tqdm, when ``progress``) and a summary; the
+        summary rows are kept in ``self.segment_summary``.  ``err_type``,
+        ``method`` and ``config`` default to the settings' ``segmentation``
+        section.  Returns ``self``.
+        """
+        from ..pipeline.multiband import segment_data
+
+        return segment_data(self, err_type, method, config, overwrite, workers=workers,
+                            scheduler=scheduler, progress=progress, **overrides)
+
+    def stack(self, bands, *, common_zp="auto", overwrite=False, dtype="float32") -> Band_Data:
+        """Inverse-variance weighted stack of ``bands`` as a cached `Band_Data`.
+
+        ``bands`` is a list of filter names or a ``"F277W+F356W+F444W"``
+        string; one band returns that band.  See `galseg.pipeline.stack` for
+        ``common_zp`` (flux-unit conversion; default: convert to the first
+        band's zero point only when zero points differ).
+        """
+        from ..pipeline.multiband import stack_data
+
+        return stack_data(self, bands, common_zp=common_zp, overwrite=overwrite, dtype=dtype)
+
+    def perform_forced_phot(self, forced_phot_band, err_type=None, method="sep", config=None,
+                            overwrite=False, *, common_zp="auto", workers=None, scheduler=None,
+                            progress=True, **overrides) -> "Data":
+        """Forced photometry of every band on ``forced_phot_band``'s sources, joined.
+
+        ``forced_phot_band`` is a band name, a `Band_Data`, or bands to stack
+        (a list or ``"F277W+F356W+F444W"``, see `stack`).  Each band gets a
+        cached forced catalogue (SExtractor's dual-image mode; see
+        `galseg.pipeline.forced`), and the catalogues are joined by
+        ``NUMBER`` into one multi-band catalogue (`load_cat`, `cat_path`;
+        naming scheme in `galseg.pipeline.catalog`).  ``method="sextractor"``
+        runs SExtractor's dual-image mode instead.  Returns ``self``.
+        """
+        from ..pipeline.multiband import forced_phot_data
+
+        return forced_phot_data(self, forced_phot_band, err_type, method, config, overwrite,
+                                common_zp=common_zp, workers=workers, scheduler=scheduler,
+                                progress=progress, **overrides)
+
+    @property
+    def cat_path(self):
+        """Path of the multi-band catalogue of the last `perform_forced_phot` (None before)."""
+        return self.__dict__.get("_cat_path")
+
+    def load_cat(self):
+        """The multi-band catalogue as an astropy Table (see `perform_forced_phot`)."""
+        if self.cat_path is None:
+            raise FileNotFoundError(
+                f"{self.survey}/{self.version} has no multi-band catalogue yet; call "
+                "perform_forced_phot(forced_phot_band=...) first (it reuses cached products)")
+        from ..pipeline.forced import read_catalog
+
+        return read_catalog(self.cat_path)
+
+    # ------------------------------------------------------ figures and export
+    # Thin delegates: the logic lives in galseg.plot and galseg.export.
+    def plot(self, ext="SEG", ncols=None, region=None, **kwargs):
+        """A grid of all bands (one panel each); see `galseg.plot.grid.plot_data`."""
+        from ..plot.grid import plot_data
+
+        return plot_data(self, ext, ncols=ncols, region=region, **kwargs)
+
+    def export(self, directory, format="ds9", **kwargs):
+        """Export every band into ``directory``; see `galseg.export.export_data`."""
+        from ..export import export_data
+
+        return export_data(self, directory, format, **kwargs)
+
+    def area_stats(self):
+        """Total, unmasked and segmented area per band (astropy Table, arcmin^2)."""
+        from ..export.areas import area_table
+
+        return area_table(self)

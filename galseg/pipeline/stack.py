@@ -58,7 +58,7 @@ from pathlib import Path
 import astropy.units as u
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import FITSFixedWarning
 
 from ..imaging.band import Band_Data
 from ..imaging.filters import canonical_filter, filter_wavelength
@@ -138,7 +138,8 @@ def _resolve_zero_points(bands: list[Band_Data], common_zp):
         try:
             target = float(common_zp)
         except (TypeError, ValueError):
-            raise ValueError(f"common_zp must be 'auto', None or a number, got {common_zp!r}") from None
+            raise ValueError(
+                f"common_zp must be 'auto', None or a number, got {common_zp!r}") from None
         if not math.isfinite(target):
             raise ValueError(f"common_zp must be finite, got {common_zp!r}")
         missing = [b.filt for b in bands if b.zp is None]

@@ -1,0 +1,6 @@
+"""Imported once by the forkserver, so that worker processes start with galseg loaded."""
+
+import galseg.extract.engine  # noqa: F401
+import galseg.extract.measure  # noqa: F401
+import galseg.parallel.tasks  # noqa: F401
+import galseg.pipeline  # noqa: F401

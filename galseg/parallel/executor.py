@@ -1,0 +1,368 @@
+"""Running band tasks in parallel: a local process pool, or a Dask cluster.
+
+sep and galseg's kernels hold the GIL for most of a band's work, so bands run
+in separate *processes*, never threads.  `map_bands` sends each task (a small
+picklable description, see `galseg.parallel.tasks`) to a worker, which opens
+the band itself and writes its products into the cache; each worker process
+runs one band at a time, so memory stays at about one band per worker.
+
+Backends
+--------
+``scheduler=None``
+    A local `concurrent.futures.ProcessPoolExecutor` with the ``forkserver``
+    start method (``spawn`` where forkserver is unavailable).  The forkserver
+    imports galseg's engine once, so workers start without paying the import
+    again (unless the current directory holds another galseg than the one
+    imported here: then workers import it themselves, from this process's
+    ``sys.path``).  ``workers=None`` uses one process per CPU (at most one per task);
+    one task or ``workers=1`` runs in this process, without a pool.
+``scheduler=distributed.Client`` or an address (``"tcp://host:8786"``)
+    The tasks go to the Dask cluster (``Client.map`` with ``pure=False``);
+    a client made here from an address is closed afterwards.  Workers must
+    be processes (``processes=True`` for a ``LocalCluster``) with one thread
+    each for the best throughput, and must see the input files and the work
+    directory at the same paths.
+
+Each worker limits numba's threads to its share of the CPUs, so that N
+workers do not start N x CPU threads.
+
+Warm workers
+------------
+A worker's first band pays for loading galseg's compiled (numba) kernels,
+about a second.  The local pool is therefore kept after a call and reused by
+the next one with the same number of workers (``Data.segment`` followed by
+``Data.perform_forced_phot`` run on the same warm processes); it shuts down
+after `POOL_IDLE_TIMEOUT` seconds without work, at interpreter exit, or on
+`shutdown_pools`.  Set ``galseg.parallel.executor.POOL_IDLE_TIMEOUT = 0`` to
+shut every pool down as soon as its call ends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+__all__ = ["map_bands", "default_workers", "shutdown_pools", "BandTaskError", "POOL_IDLE_TIMEOUT"]
+
+log = logging.getLogger("galseg.parallel")
+
+# Imported by the forkserver before it forks workers.
+_PRELOAD = ["galseg.parallel._preload"]
+
+#: Seconds an idle local pool is kept for reuse (0: shut down after each call).
+POOL_IDLE_TIMEOUT = 120.0
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+_TIMERS: dict[int, threading.Timer] = {}
+_POOL_LOCK = threading.Lock()
+
+
+class BandTaskError(RuntimeError):
+    """A band task failed in a worker; the message names the band."""
+
+
+def default_workers(ntasks: int) -> int:
+    """One process per CPU available to this process, at most one per task."""
+    try:
+        ncpu = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        ncpu = os.cpu_count() or 1
+    return max(1, min(int(ntasks), ncpu))
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _limit_threads(threads: int | None) -> None:
+    """Give this worker process ``threads`` numba/BLAS threads."""
+    if not threads:
+        return
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        import numba
+
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    except Exception:  # noqa: BLE001 - numba absent or threading layer refuses: keep defaults
+        pass
+
+
+def _call(fn: Callable, task: Any, threads: int | None):
+    """Run one task in a worker (also the Dask task body)."""
+    _limit_threads(threads)
+    return fn(task)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional (the "parallel" extra)
+        return None
+    return tqdm(total=total, desc=desc, unit="band", file=sys.stderr, leave=False)
+
+
+def _label(task, i: int) -> str:
+    return str(getattr(task, "label", None) or f"task {i}")
+
+
+def _preload_is_safe() -> bool:
+    """Whether the forkserver would import the same galseg as this process.
+
+    The forkserver imports its preload modules before it takes this
+    process's ``sys.path`` (CPython <= 3.12 ignores it there): it sees the
+    current directory first, then the rest of ``sys.path``.  A different
+    ``galseg`` found that way (a source checkout in the current directory,
+    say) must not be preloaded, or workers would run other code than this
+    process.
+    """
+    import importlib.machinery
+
+    import galseg
+
+    here = Path(galseg.__file__).resolve().parent
+    try:
+        spec = importlib.machinery.PathFinder.find_spec("galseg", [os.getcwd(), *sys.path[1:]])
+    except (OSError, ValueError):
+        return False
+    if spec is None or spec.origin is None:
+        return True  # found by a meta-path finder (e.g. an editable install), as here
+    return Path(spec.origin).resolve().parent == here
+
+
+def _mp_context(preload: Sequence[str] | None = None):
+    """The start method for worker processes: forkserver with galseg preloaded, else spawn.
+
+    ``preload`` lists modules for the forkserver to import (default galseg's
+    engine); they are preloaded only when the forkserver would import the
+    same galseg as this process (`_preload_is_safe`).  The forkserver is
+    shared by the whole process: the first pool to start it decides.
+    """
+    methods = mp.get_all_start_methods()
+    if "forkserver" in methods:
+        ctx = mp.get_context("forkserver")
+        try:
+            ctx.set_forkserver_preload(list(preload or _PRELOAD) if _preload_is_safe() else [])
+        except Exception:  # noqa: BLE001 - preloading is only an optimisation
+            pass
+        return ctx
+    return mp.get_context("spawn")
+
+
+def map_bands(fn: Callable[[Any], Any], tasks: Sequence[Any], *, workers: int | None = None,
+              scheduler=None, progress: bool = True, desc: str = "bands") -> list:
+    """Run ``fn(task)`` for every task, in worker processes; results in task order.
+
+    Parameters
+    ----------
+    fn : callable
+        A module-level function (it is pickled by reference).
+    tasks : sequence
+        Small picklable task descriptions; a task's ``label`` attribute names
+        it in progress output and errors.
+    workers : int, optional
+        Local worker processes.  Default: one per CPU, at most one per task.
+        ``1`` (or a single task) runs in this process.  Ignored with
+        ``scheduler``.
+    scheduler : `distributed.Client` or str, optional
+        Run on this Dask cluster (a client, or a scheduler address).
+    progress : bool
+        Show a tqdm progress bar over completed tasks (when tqdm is installed).
+    desc : str
+        Progress-bar label.
+
+    Returns
+    -------
+    list
+        ``fn(task)`` for each task, in the order of ``tasks``.
+
+    Raises
+    ------
+    BandTaskError
+        When a task fails; the original exception is chained.  Pending tasks
+        of the local pool are cancelled.
+    """
+    tasks = list(tasks)
+    if not tasks:
+        return []
+    if scheduler is not None:
+        return _map_dask(fn, tasks, scheduler, progress, desc)
+    n = default_workers(len(tasks)) if workers is None else int(workers)
+    if n < 1:
+        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    n = min(n, len(tasks))
+    if n == 1:
+        return _map_serial(fn, tasks, progress, desc)
+    return _map_pool(fn, tasks, n, progress, desc)
+
+
+def _map_serial(fn, tasks, progress, desc):
+    bar = _progress(len(tasks), desc, progress)
+    out = []
+    try:
+        for i, task in enumerate(tasks):
+            try:
+                out.append(fn(task))
+            except Exception as exc:
+                raise BandTaskError(
+                    f"{_label(task, i)} failed: {type(exc).__name__}: {exc}") from exc
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def shutdown_pools(wait_for_workers: bool = True) -> None:
+    """Shut down the kept local worker pools now (their processes exit)."""
+    with _POOL_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+        for timer in _TIMERS.values():
+            timer.cancel()
+        _TIMERS.clear()
+    for pool in pools:
+        pool.shutdown(wait=wait_for_workers, cancel_futures=True)
+
+
+atexit.register(shutdown_pools)
+
+
+def _acquire_pool(n: int) -> ProcessPoolExecutor:
+    with _POOL_LOCK:
+        timer = _TIMERS.pop(n, None)
+        if timer is not None:
+            timer.cancel()
+        pool = _POOLS.pop(n, None)
+    if pool is not None and not getattr(pool, "_broken", False):
+        return pool
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return ProcessPoolExecutor(max_workers=n, mp_context=_mp_context())
+
+
+def _release_pool(n: int, pool: ProcessPoolExecutor, healthy: bool) -> None:
+    if not healthy or POOL_IDLE_TIMEOUT <= 0:
+        pool.shutdown(wait=healthy, cancel_futures=True)
+        return
+    with _POOL_LOCK:
+        old = _POOLS.pop(n, None)
+        _POOLS[n] = pool
+        timer = threading.Timer(POOL_IDLE_TIMEOUT, _expire, args=(n, pool))
+        timer.daemon = True
+        _TIMERS[n] = timer
+        timer.start()
+    if old is not None and old is not pool:
+        old.shutdown(wait=False, cancel_futures=True)
+
+
+def _expire(n: int, pool: ProcessPoolExecutor) -> None:
+    with _POOL_LOCK:
+        if _POOLS.get(n) is not pool:
+            return
+        del _POOLS[n]
+        _TIMERS.pop(n, None)
+    pool.shutdown(wait=False)
+
+
+def _map_pool(fn, tasks, n, progress, desc):
+    threads = max(1, _cpu_count() // n)
+    results: list = [None] * len(tasks)
+    bar = _progress(len(tasks), desc, progress)
+    t0 = time.perf_counter()
+    pool = _acquire_pool(n)
+    healthy = False
+    try:
+        futures = {pool.submit(_call, fn, task, threads): i for i, task in enumerate(tasks)}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    i = futures[fut]
+                    exc = fut.exception()
+                    if exc is not None:
+                        raise BandTaskError(
+                            f"{_label(tasks[i], i)} failed in a worker process: "
+                            f"{type(exc).__name__}: {exc}") from exc
+                    results[i] = fut.result()
+                    if bar is not None:
+                        bar.update(1)
+            healthy = True
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+    finally:
+        if bar is not None:
+            bar.close()
+        # A pool whose task failed is not reused: a worker may be in a bad state.
+        _release_pool(n, pool, healthy)
+    log.info("%d %s on %d local processes in %.2f s", len(tasks), desc, n,
+             time.perf_counter() - t0)
+    return results
+
+
+def _map_dask(fn, tasks, scheduler, progress, desc):
+    try:
+        import distributed
+    except ImportError:
+        raise ImportError(
+            "scheduler= needs dask.distributed: pip install 'galseg[parallel]'") from None
+    own = None
+    if isinstance(scheduler, str):
+        own = client = distributed.Client(scheduler)
+    elif isinstance(scheduler, distributed.Client):
+        client = scheduler
+    else:
+        raise TypeError(f"scheduler must be a distributed.Client or an address string, "
+                        f"got {type(scheduler).__name__}")
+    try:
+        info = client.scheduler_info()
+        nthreads = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()) or 1
+        threads = max(1, _cpu_count() // nthreads)
+        keys = [f"galseg-{desc}-{_label(t, i)}-{os.getpid()}-{time.time_ns()}"
+                for i, t in enumerate(tasks)]
+        futures = client.map(_call, [fn] * len(tasks), tasks, [threads] * len(tasks),
+                             key=keys, pure=False)
+        index = {f.key: i for i, f in enumerate(futures)}
+        results: list = [None] * len(tasks)
+        bar = _progress(len(tasks), desc, progress)
+        t0 = time.perf_counter()
+        try:
+            for fut in distributed.as_completed(futures):
+                i = index[fut.key]
+                if fut.status == "error":
+                    exc = fut.exception()
+                    raise BandTaskError(f"{_label(tasks[i], i)} failed on the Dask cluster: "
+                                        f"{type(exc).__name__}: {exc}") from exc
+                results[i] = fut.result()
+                if bar is not None:
+                    bar.update(1)
+        except BaseException:
+            client.cancel(futures)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        log.info("%d %s on Dask (%d worker threads) in %.2f s", len(tasks), desc, nthreads,
+                 time.perf_counter() - t0)
+        return results
+    finally:
+        if own is not None:
+            own.close()

@@ -1,0 +1,559 @@
+"""Forced photometry: every band measured on the detection band's sources.
+
+This is SExtractor's dual-image mode (``sex det.fits,band.fits``) as galfind
+runs it: the *detection band* (one band, or a stack, see
+`galseg.pipeline.stack`) is segmented once; then each *measurement band* is
+measured with the detection band's segmentation map and objects:
+
+* positions, shapes (A, B, THETA, the Kron ellipse), bounding boxes,
+  detection flags and the pixel footprints are the detection band's;
+* the Kron radius is measured on the detection image (as SExtractor does);
+* fluxes (APER, AUTO, ISO on the detection footprint), FLUX_RADIUS, windowed
+  positions, FWHM, CLASS_STAR and their errors use the measurement band's
+  background-subtracted pixels and its own noise map, background and global
+  noise level, its zero point and its apertures;
+* neighbours are masked (``MASK_TYPE``) with the detection band's pixels.
+
+Caching
+-------
+The detection band's segmentation is an ordinary cached product
+(`Band_Data.segment`).  What measurement needs beyond it (sep's object list,
+the pre-CLEAN footprints, the blanking mask, the background-subtracted
+detection image and its noise) is kept next to it as memory-mappable ``.npy``
+files, the *detection state*, keyed on the detection product's key, in
+``{work}/{instrument}/{version}/{survey}/{weight_type}/forced_phot/detections/``.
+Each band's forced catalogue is cached in
+``{work}/{instrument}/{version}/{survey}/{weight_type}/forced_phot/``
+as ``{survey}_{filt}_{detection}_{hash}_cat.fits`` (galfind's folder), keyed on
+the detection product's key hash, the band's input files' content and every
+parameter.  Each cached file set has a JSON sidecar as commit marker.
+
+Bands run in worker processes (`galseg.parallel.map_bands`): each worker
+maps the detection state read-only from disk, so N workers share one copy of
+it in the page cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from ..extract.params import Params
+from ..io.atomic import atomic_write, atomic_write_fits, file_sha256_stat
+from ..products import make_key
+from ._fileset import FileSet
+from .band import WEIGHT_TYPES, _config_label, _file_sha256, _inputs, band_params
+
+__all__ = [
+    "DetectionState",
+    "ForcedPhotResult",
+    "ForcedTask",
+    "detection_state",
+    "forced_entry",
+    "forced_params",
+    "forced_task",
+    "measure_forced",
+    "perform_forced_phot",
+    "read_catalog",
+    "sextractor_dual",
+    "FORCED_METHODS",
+]
+
+log = logging.getLogger("galseg.pipeline")
+
+FORCED_METHODS = ("sep", "sextractor")
+_FORMAT = 1
+DETECTION_PARTS = {
+    "objects": "_objects.npy",
+    "segmap": "_segmap.npy",
+    "own_segmap": "_ownseg.npy",
+    "blank": "_blank.npy",
+    "data": "_data.npy",
+    "rms": "_rms.npy",
+}
+
+
+def _forced_dir(work_dir, instrument, version, survey, err_type) -> Path:
+    return (Path(work_dir) / instrument / version / survey / WEIGHT_TYPES[err_type]
+            / "forced_phot")
+
+
+# ---------------------------------------------------------------- detection state
+@dataclass(frozen=True)
+class DetectionState:
+    """Where a detection band's state lives (picklable; arrays are opened on demand).
+
+    Attributes
+    ----------
+    directory, stem : str
+        The `FileSet` holding the ``.npy`` files.
+    key_sha256 : str
+        Key of the detection band's segmentation product.
+    filt : str
+        The detection band's filter name (e.g. ``"F277W+F356W+F444W"``).
+    shape : tuple of int
+    """
+
+    directory: str
+    stem: str
+    key_sha256: str
+    filt: str
+    shape: tuple
+
+    def fileset(self) -> FileSet:
+        return FileSet(self.directory, self.stem, DETECTION_PARTS, "detection_state")
+
+    def load(self) -> dict[str, np.ndarray]:
+        """The arrays, memory-mapped copy-on-write (shared page cache, never written back)."""
+        fs = self.fileset()
+        if not fs.is_valid(self.key_sha256):
+            raise FileNotFoundError(f"detection state {fs.path('sidecar')} is not valid "
+                                    f"({fs.why_invalid}); run perform_forced_phot again")
+        out = {}
+        for part in DETECTION_PARTS:
+            out[part] = np.load(fs.path(part), mmap_mode=None if part == "objects" else "c",
+                                allow_pickle=False)
+        return out
+
+
+def _save_npy(arr: np.ndarray, path: Path) -> dict:
+    with atomic_write(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+    digest, st = file_sha256_stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "sha256": digest}
+
+
+def _noise_kwargs(err_type: str, err: np.ndarray) -> dict:
+    return {"rms": err} if err_type == "rms_err" else {"wht": err}
+
+
+def detection_state(det_band, err_type="rms_err", config="galfind_default", *,
+                    overwrite=False, **overrides) -> DetectionState:
+    """Segment the detection band (cached) and keep what forced photometry needs.
+
+    Parameters
+    ----------
+    det_band : `Band_Data`
+        The detection band (a band or a stack).
+    err_type, config, **overrides
+        As for `Band_Data.segment`; ``method`` is always ``"sep"``.
+    overwrite : bool
+        Recompute the detection state (the segmentation product itself is
+        reused when valid).
+
+    Returns
+    -------
+    DetectionState
+
+    Notes
+    -----
+    The state is made by running galseg's detection once more on the
+    detection band, and its segmentation map is checked to be identical to
+    the cached product's, so that forced catalogues always refer to the
+    segmentation map that was saved.
+    """
+    from ..extract.engine import detect_sources
+
+    det_band.segment(err_type, "sep", config, False, **overrides)
+    entry = det_band._product
+    key_sha = entry.key.sha256
+    directory = _forced_dir(det_band.work_dir, det_band.instrument, det_band.version,
+                            det_band.survey, err_type) / "detections"
+    state = DetectionState(str(directory), entry.stem, key_sha, det_band.filt,
+                           tuple(det_band.shape))
+    fs = state.fileset()
+    if not overwrite and fs.is_valid(key_sha):
+        return state
+    with fs.lock():
+        if not overwrite and fs.is_valid(key_sha):
+            return state
+        t0 = time.perf_counter()
+        params = band_params(det_band, err_type, config, **overrides)
+        sci, header = det_band.load_im(incl_hdr=True)
+        src = detect_sources(sci, params=params, header=header,
+                             **_noise_kwargs(err_type, det_band.load_err(err_type)))
+        saved = entry.load_seg()
+        if not np.array_equal(saved, src.segmap):
+            raise RuntimeError(
+                f"detection band {det_band.filt}: the cached segmentation map {entry.seg_path} "
+                "differs from a fresh detection with the same parameters; remove it "
+                "(galseg cache clean) or segment with overwrite=True")
+        arrays = {"objects": src.objects, "segmap": src.segmap, "own_segmap": src.own_segmap,
+                  "blank": src.blank, "data": src.data, "rms": src.rms}
+        fs.begin()
+        written = {part: _save_npy(arrays[part], fs.path(part)) for part in DETECTION_PARTS}
+        fs.commit(key_sha, written, {"filt": det_band.filt, "product": entry.stem,
+                                     "nobj": int(len(src.objects)),
+                                     "seconds": round(time.perf_counter() - t0, 4)})
+        log.info("detection state of %s: %d objects", det_band.filt, len(src.objects))
+    return state
+
+
+# ---------------------------------------------------------------- forced catalogues
+def forced_params(band, err_type="rms_err", config="galfind_default", **overrides) -> Params:
+    """The measurement band's parameters (its apertures, zero point and pixel scale)."""
+    return band_params(band, err_type, config, **overrides)
+
+
+def forced_entry(band, det_filt: str, det_key_sha256: str, err_type="rms_err", method="sep",
+                 config="galfind_default", **overrides):
+    """(FileSet, key, params) of a band's forced catalogue; nothing is computed."""
+    from ..extract.presets import nnw_path
+
+    if method not in FORCED_METHODS:
+        raise ValueError(f"forced photometry method must be one of {', '.join(FORCED_METHODS)}, "
+                         f"got {method!r}")
+    params = forced_params(band, err_type, config, **overrides)
+    key = make_key(
+        _inputs(band, err_type),
+        kind="forced_catalog",
+        format=_FORMAT,
+        detection_key=det_key_sha256,
+        detection_filt=det_filt,
+        err_type=err_type,
+        method=method,
+        params=params,
+        nnw_sha256=_file_sha256(nnw_path(params)),
+        aper_diams_arcsec=[float(d) for d in band.aper_diams.to_value("arcsec")],
+        zero_point=band.zp,
+    )
+    label = _config_label(config)
+    parts = [band.survey, band.filt, det_filt] + ([label] if label else [])
+    parts += ([method] if method != "sep" else []) + [key.short]
+    fs = FileSet(_forced_dir(band.work_dir, band.instrument, band.version, band.survey, err_type),
+                 "_".join(parts), {"cat": "_cat.fits"}, "forced_catalog")
+    return fs, key, params
+
+
+def _measurement_params(params: Params) -> Params:
+    """Parameters under which `detect_sources` only prepares the image.
+
+    SExtractor's background, weight rescaling and interpolation of the
+    measurement image do not depend on the detection settings, so running
+    galseg's own detect_sources with filtering off and an unreachable absolute
+    threshold yields exactly the measurement image's background-subtracted
+    pixels, noise map, background map and global noise -- through the very
+    code that single-band extraction uses -- at the cost of one cheap scan.
+    """
+    return params.replace(FILTER=False, THRESH_TYPE="ABSOLUTE", DETECT_THRESH=3.0e38,
+                          ANALYSIS_THRESH=3.0e38, DETECT_MAXAREA=0)
+
+
+def measure_forced(band, state: dict, params: Params, err_type="rms_err") -> Table:
+    """Measure ``band`` on the detection state's sources (dual-image mode).
+
+    Parameters
+    ----------
+    band : `Band_Data`
+        Measurement band; same shape as the detection band.
+    state : dict
+        `DetectionState.load` arrays.
+    params : Params
+        The measurement band's parameters (`forced_params`).
+    err_type : {"rms_err", "wht"}
+
+    Returns
+    -------
+    `~astropy.table.Table`
+        `galseg.extract.measure.measure`'s columns, one row per detected
+        object, ``NUMBER`` equal to the detection catalogue's.
+    """
+    from ..extract.engine import detect_sources
+    from ..extract.measure import measure
+
+    shape = tuple(state["segmap"].shape)
+    if tuple(band.shape) != shape:
+        raise ValueError(f"band {band.filt} has shape {band.shape[1]}x{band.shape[0]} but the "
+                         f"detection image has {shape[1]}x{shape[0]}; forced photometry needs "
+                         "pixel-aligned images")
+    sci, header = band.load_im(incl_hdr=True)
+    prep = detect_sources(sci, params=_measurement_params(params), header=header,
+                          **_noise_kwargs(err_type, band.load_err(err_type)))
+    return measure(prep.data, prep.rms, state["segmap"], state["objects"], params,
+                   wcs=band.load_wcs(), header=header, mask=prep.mask,
+                   detection=state["data"], detection_rms=state["rms"],
+                   background=prep.background.background, backsig=prep.meta["backsig"],
+                   blank=state["blank"], iso_segmap=state["own_segmap"])
+
+
+def _table_hdu(cat: Table, extra: dict) -> fits.BinTableHDU:
+    import warnings
+
+    t = cat.copy(copy_data=False)
+    scalar = (str, int, float, bool, np.number)
+    t.meta = {k: v for k, v in cat.meta.items()
+              if isinstance(k, str) and len(k) <= 8 and isinstance(v, scalar)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        hdu = fits.table_to_hdu(t)
+        for k, v in extra.items():
+            hdu.header[k] = v
+    hdu.name = "CATALOG"
+    return hdu
+
+
+def _write_catalog(fs: FileSet, key_sha: str, cat: Table, header: dict, info: dict) -> None:
+    hdul = fits.HDUList([fits.PrimaryHDU(), _table_hdu(cat, header)])
+    fs.begin()
+    written = {"cat": atomic_write_fits(hdul, fs.path("cat"), sha256=True)}
+    fs.commit(key_sha, written, info)
+
+
+def read_catalog(path) -> Table:
+    """A cached catalogue FITS file as an astropy Table (units kept)."""
+    return Table.read(path, format="fits", hdu=1)
+
+
+@dataclass(frozen=True)
+class ForcedTask:
+    """One band's forced photometry, for a worker process."""
+
+    spec: Any                      # BandSpec of the measurement band
+    det_spec: Any                  # BandSpec of the detection band
+    det_filt: str
+    det_key_sha256: str
+    state: DetectionState | None   # None for method="sextractor"
+    err_type: str = "rms_err"
+    method: str = "sep"
+    config: Any = "galfind_default"
+    overwrite: bool = False
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.spec.filt
+
+
+def _run_forced(band, det_band, task: ForcedTask) -> dict:
+    t0, c0 = time.perf_counter(), time.process_time()
+    fs, key, params = forced_entry(band, task.det_filt, task.det_key_sha256, task.err_type,
+                                   task.method, task.config, **task.overrides)
+    computed, reason = False, "cached"
+    if task.overwrite or not fs.is_valid(key.sha256):
+        with fs.lock():
+            if task.overwrite or not fs.is_valid(key.sha256):
+                reason = "overwrite requested" if task.overwrite else fs.why_invalid
+                if task.method == "sep":
+                    cat = measure_forced(band, task.state.load(), params, task.err_type)
+                else:
+                    cat = sextractor_dual(det_band, band, task.err_type, params)
+                header = {"FILTER": band.filt, "DETBAND": task.det_filt,
+                          "MAGZERO": float(params["MAG_ZEROPOINT"]), "METHOD": task.method,
+                          "ERRTYPE": task.err_type, "KEY": key.short}
+                for i, d in enumerate(band.aper_diams.to_value("arcsec"), start=1):
+                    header[f"APER{i}"] = (float(d), "aperture diameter [arcsec]")
+                _write_catalog(fs, key.sha256, cat, header, {
+                    "filt": band.filt, "detection": task.det_filt, "method": task.method,
+                    "nobj": len(cat), "zero_point": band.zp,
+                    "aper_diams_arcsec": [float(d) for d in band.aper_diams.to_value("arcsec")],
+                    "aper_diams_pix": [float(d) for d in params["PHOT_APERTURES"]],
+                    "seconds": round(time.perf_counter() - t0, 4),
+                })
+                computed = True
+            else:
+                reason = "cached (made by another process)"
+    return {"filt": band.filt, "cat_path": str(fs.path("cat")), "key": key.short,
+            "computed": computed, "reason": reason, "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0, "nobj": (fs.info or {}).get("nobj")}
+
+
+def forced_task(task: ForcedTask) -> dict:
+    """Worker body: open the bands, make (or find) the band's forced catalogue."""
+    band = task.spec.open()
+    det_band = task.det_spec.open() if task.method == "sextractor" else None
+    return _run_forced(band, det_band, task)
+
+
+@dataclass
+class ForcedPhotResult:
+    """What `perform_forced_phot` made.
+
+    Attributes
+    ----------
+    det_band : `Band_Data`
+        The detection band.
+    cat_paths : dict
+        Filter -> forced catalogue path, in the bands' order.
+    rows : list of dict
+        Per-band summary (``filt``, ``status``, ``nobj``, ``seconds``,
+        ``cpu_seconds``, ``reason``, ``cat_path``, ``key``).
+    state : DetectionState or None
+    """
+
+    det_band: Any
+    cat_paths: dict
+    rows: list
+    state: DetectionState | None
+
+
+def perform_forced_phot(bands, det_band, *, err_type="rms_err", method="sep",
+                        config="galfind_default", overwrite=False, workers=None,
+                        scheduler=None, progress=True, **overrides) -> ForcedPhotResult:
+    """Forced photometry of ``bands`` on the sources of ``det_band``.
+
+    Parameters
+    ----------
+    bands : sequence of `Band_Data`
+        Measurement bands, pixel-aligned with ``det_band``.
+    det_band : `Band_Data`
+        Detection band (a band or a stack from `galseg.pipeline.stack`).
+    err_type : {"rms_err", "wht"}
+        Noise map of both the detection and the measurement bands
+        (SExtractor ``MAP_RMS`` / ``MAP_WEIGHT`` for both images).
+    method : {"sep", "sextractor"}
+        ``"sep"``: galseg's engine.  ``"sextractor"``: SExtractor 2.25's
+        dual-image mode (``source-extractor det.fits,band.fits``), cached the
+        same way, for comparison.
+    config, **overrides
+        SExtractor parameters, as for `Band_Data.segment`.
+    overwrite : bool
+        Remake the detection state and the forced catalogues (the detection
+        band's segmentation product is reused while valid).
+    workers, scheduler, progress
+        Parallel execution, see `galseg.parallel.map_bands`.
+
+    Returns
+    -------
+    ForcedPhotResult
+    """
+    from ..parallel import BandSpec, map_bands, segment_entry
+
+    if method not in FORCED_METHODS:
+        raise ValueError(f"forced photometry method must be one of {', '.join(FORCED_METHODS)}, "
+                         f"got {method!r}")
+    if err_type not in WEIGHT_TYPES:
+        raise ValueError(f"err_type must be one of {', '.join(WEIGHT_TYPES)}, got {err_type!r}")
+    bands = list(bands)
+    for b in bands:
+        if tuple(b.shape) != tuple(det_band.shape):
+            raise ValueError(f"band {b.filt} has shape {b.shape[1]}x{b.shape[0]} but the detection "
+                             f"band {det_band.filt} has {det_band.shape[1]}x{det_band.shape[0]}; "
+                             "forced photometry needs pixel-aligned images")
+    if method == "sep":
+        state = detection_state(det_band, err_type, config, overwrite=overwrite, **overrides)
+        det_key = state.key_sha256
+    else:
+        state = None
+        det_key = segment_entry(det_band, err_type, "sextractor", config, **overrides).key.sha256
+
+    det_spec = BandSpec.from_band(det_band)
+    rows: dict[str, dict] = {}
+    pending = []
+    for b in bands:
+        task = ForcedTask(BandSpec.from_band(b), det_spec, det_band.filt, det_key, state,
+                          err_type, method, config, overwrite, dict(overrides))
+        if not overwrite:
+            fs, key, _ = forced_entry(b, det_band.filt, det_key, err_type, method, config,
+                                      **overrides)
+            if fs.is_valid(key.sha256):
+                rows[b.filt] = {"filt": b.filt, "cat_path": str(fs.path("cat")), "key": key.short,
+                                "computed": False, "reason": "cached", "seconds": 0.0,
+                                "cpu_seconds": None, "nobj": fs.info.get("nobj")}
+                continue
+        pending.append(task)
+    results = map_bands(forced_task, pending, workers=workers, scheduler=scheduler,
+                        progress=progress, desc="forced phot")
+    for task, res in zip(pending, results):
+        rows[task.spec.filt] = res
+    out_rows = []
+    for b in bands:
+        r = rows[b.filt]
+        out_rows.append({"filt": b.filt, "status": "computed" if r["computed"] else "cached",
+                         "nobj": r["nobj"], "seconds": r["seconds"],
+                         "cpu_seconds": r["cpu_seconds"], "reason": r["reason"],
+                         "cat_path": r["cat_path"], "key": r["key"]})
+    return ForcedPhotResult(det_band, {r["filt"]: Path(r["cat_path"]) for r in out_rows},
+                            out_rows, state)
+
+
+# ---------------------------------------------------------------- SExtractor reference
+def sextractor_dual(det_band, band, err_type, params: Params, *, workdir=None,
+                    param_file=None, binary=None) -> Table:
+    """Run SExtractor 2.25 in dual-image mode, as galfind does, and read its catalogue.
+
+    ``source-extractor det.fits,band.fits -c run.sex`` with ``WEIGHT_TYPE``
+    given for both images and ``WEIGHT_IMAGE det_noise.fits,band_noise.fits``.
+    Images are written as uncompressed float32 FITS into ``workdir`` (a
+    temporary folder by default).
+
+    Parameters
+    ----------
+    det_band, band : `Band_Data`
+        Detection and measurement bands.
+    err_type : {"rms_err", "wht"}
+    params : Params
+        The measurement band's parameters (`forced_params`).
+    workdir : path-like, optional
+        Keep the run's files there.
+    param_file : path-like, optional
+        ``.param`` file (default galseg's ``galseg.param``).
+    binary : str, optional
+        SExtractor executable.
+
+    Returns
+    -------
+    `~astropy.table.Table`
+        SExtractor's catalogue (FITS units kept).
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    from ..extract.backends.sextractor import (_image_header, _param_entries, _read_catalog,
+                                               _write_image, find_binary)
+    from ..extract.presets import filter_path, nnw_path
+    from ..extract.sexfiles import write_sex
+
+    binary = binary or find_binary()
+    wtype = WEIGHT_TYPES[err_type]
+    entries, wanted = _param_entries(param_file, len(params["PHOT_APERTURES"]))
+    owned = None
+    if workdir is None:
+        owned = tempfile.TemporaryDirectory(prefix="galseg_dual_")
+        work = Path(owned.name)
+    else:
+        work = Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+    try:
+        for name, b in (("det", det_band), ("meas", band)):
+            sci, hdr = b.load_im(incl_hdr=True)
+            h = _image_header(hdr, b.load_wcs())
+            _write_image(work / f"{name}.fits", sci, h)
+            _write_image(work / f"{name}_w.fits", b.load_err(err_type), h)
+        changes = {
+            "CATALOG_NAME": "cat.fits", "CATALOG_TYPE": "FITS_1.0",
+            "PARAMETERS_NAME": "run.param", "CHECKIMAGE_TYPE": ("NONE",),
+            "WRITE_XML": False, "VERBOSE_TYPE": "QUIET", "XSL_URL": "",
+            "WEIGHT_TYPE": (wtype, wtype), "WEIGHT_IMAGE": ("det_w.fits", "meas_w.fits"),
+        }
+        fpath = filter_path(params)
+        if fpath is not None:
+            shutil.copyfile(fpath, work / "filter.conv")
+            changes["FILTER_NAME"] = "filter.conv"
+        shutil.copyfile(nnw_path(params), work / "star.nnw")
+        changes["STARNNW_NAME"] = "star.nnw"
+        run_params = params.replace(changes)
+        write_sex(run_params, work / "run.sex")
+        (work / "run.param").write_text("\n".join(entries) + "\n")
+        command = [binary, "det.fits,meas.fits", "-c", "run.sex"]
+        proc = subprocess.run(command, cwd=work, capture_output=True, text=True,
+                              errors="replace", check=False)
+        if proc.returncode != 0 or not (work / "cat.fits").is_file():
+            raise RuntimeError(f"SExtractor failed (exit status {proc.returncode}) running "
+                               f"{' '.join(command)} in {work}:\n"
+                               f"{proc.stderr.strip() or proc.stdout.strip()}")
+        cat = _read_catalog(work / "cat.fits")
+    finally:
+        if owned is not None:
+            owned.cleanup()
+    drop = [c for c in cat.colnames if c not in wanted]
+    if drop:
+        cat.remove_columns(drop)
+    return cat
