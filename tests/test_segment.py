@@ -135,36 +135,3 @@ def test_unknown_method_and_err_type(band):
 def test_load_before_segment_says_what_to_do(band):
     with pytest.raises(FileNotFoundError, match="call segment\\(\\) first"):
         band.load_seg()
-
-
-# ----------------------------------------------------------------------- CLI
-def _galseg(*args, env=None, cwd=None):
-    exe = shutil.which("galseg")
-    cmd = [exe, *args] if exe else [sys.executable, "-m", "galseg.cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
-
-
-def test_cli_demo_json_and_cached_rerun(tmp_path):
-    env = dict(os.environ, GALSEG_WORK_DIR=str(tmp_path / "work"))
-    first = _galseg("demo", "--json", env=env, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    out = json.loads(first.stdout)
-    assert [b["filter"] for b in out["bands"]] == ["F435W", "F606W", "F850LP", "F125W", "F160W"]
-    assert all(b["detections"] > 10 and not b["from_cache"] for b in out["bands"])
-    assert os.path.getsize(out["plot"]) > 10_000
-    for b in out["bands"]:
-        with fits.open(b["seg_path"]) as hdul:
-            assert hdul[0].data.max() == b["detections"] or hdul[1].data.max() == b["detections"]
-    again = json.loads(_galseg("demo", "--json", "--no-plot", env=env, cwd=tmp_path).stdout)
-    assert all(b["from_cache"] for b in again["bands"])
-    assert [b["detections"] for b in again["bands"]] == [b["detections"] for b in out["bands"]]
-
-
-def test_cli_errors_are_one_line(tmp_path):
-    env = dict(os.environ, GALSEG_WORK_DIR=str(tmp_path / "work"))
-    res = _galseg("segment", "NOPE", "v1", env=env)
-    assert res.returncode == 1
-    assert res.stderr.strip().count("\n") == 0 and "survey 'NOPE' is in no layout" in res.stderr
-    assert "Traceback" not in res.stderr
-    ver = _galseg("--version")
-    assert ver.returncode == 0 and ver.stdout.startswith("galseg ")
