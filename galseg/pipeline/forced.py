@@ -502,58 +502,11 @@ def sextractor_dual(det_band, band, err_type, params: Params, *, workdir=None,
     `~astropy.table.Table`
         SExtractor's catalogue (FITS units kept).
     """
-    import shutil
-    import subprocess
-    import tempfile
+    from ..extract.backends.sextractor import run_dual
 
-    from ..extract.backends.sextractor import (_image_header, _param_entries, _read_catalog,
-                                               _write_image, find_binary)
-    from ..extract.presets import filter_path, nnw_path
-    from ..extract.sexfiles import write_sex
-
-    binary = binary or find_binary()
-    wtype = WEIGHT_TYPES[err_type]
-    entries, wanted = _param_entries(param_file, len(params["PHOT_APERTURES"]))
-    owned = None
-    if workdir is None:
-        owned = tempfile.TemporaryDirectory(prefix="galseg_dual_")
-        work = Path(owned.name)
-    else:
-        work = Path(workdir)
-        work.mkdir(parents=True, exist_ok=True)
-    try:
-        for name, b in (("det", det_band), ("meas", band)):
-            sci, hdr = b.load_im(incl_hdr=True)
-            h = _image_header(hdr, b.load_wcs())
-            _write_image(work / f"{name}.fits", sci, h)
-            _write_image(work / f"{name}_w.fits", b.load_err(err_type), h)
-        changes = {
-            "CATALOG_NAME": "cat.fits", "CATALOG_TYPE": "FITS_1.0",
-            "PARAMETERS_NAME": "run.param", "CHECKIMAGE_TYPE": ("NONE",),
-            "WRITE_XML": False, "VERBOSE_TYPE": "QUIET", "XSL_URL": "",
-            "WEIGHT_TYPE": (wtype, wtype), "WEIGHT_IMAGE": ("det_w.fits", "meas_w.fits"),
-        }
-        fpath = filter_path(params)
-        if fpath is not None:
-            shutil.copyfile(fpath, work / "filter.conv")
-            changes["FILTER_NAME"] = "filter.conv"
-        shutil.copyfile(nnw_path(params), work / "star.nnw")
-        changes["STARNNW_NAME"] = "star.nnw"
-        run_params = params.replace(changes)
-        write_sex(run_params, work / "run.sex")
-        (work / "run.param").write_text("\n".join(entries) + "\n")
-        command = [binary, "det.fits,meas.fits", "-c", "run.sex"]
-        proc = subprocess.run(command, cwd=work, capture_output=True, text=True,
-                              errors="replace", check=False)
-        if proc.returncode != 0 or not (work / "cat.fits").is_file():
-            raise RuntimeError(f"SExtractor failed (exit status {proc.returncode}) running "
-                               f"{' '.join(command)} in {work}:\n"
-                               f"{proc.stderr.strip() or proc.stdout.strip()}")
-        cat = _read_catalog(work / "cat.fits")
-    finally:
-        if owned is not None:
-            owned.cleanup()
-    drop = [c for c in cat.colnames if c not in wanted]
-    if drop:
-        cat.remove_columns(drop)
-    return cat
+    det_sci, det_hdr = det_band.load_im(incl_hdr=True)
+    sci, hdr = band.load_im(incl_hdr=True)
+    return run_dual(det_sci, det_band.load_err(err_type), sci, band.load_err(err_type),
+                    params=params, weight_type=WEIGHT_TYPES[err_type], det_header=det_hdr,
+                    header=hdr, det_wcs=det_band.load_wcs(), wcs=band.load_wcs(),
+                    workdir=workdir, param_file=param_file, binary=binary)

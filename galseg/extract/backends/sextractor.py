@@ -42,6 +42,7 @@ in ``meta["segmap_inconsistent"]``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -59,6 +60,7 @@ from astropy.table import Table
 from astropy.utils.exceptions import AstropyUserWarning
 from scipy import ndimage
 
+from ..params import Params
 from ..presets import filter_path, load_config, nnw_path, param_path
 from ..result import ExtractionResult
 from ..sexfiles import APERTURE_COLUMNS, _parse_param_entry, read_param, write_sex
@@ -271,6 +273,51 @@ def _check_segmap(seg: np.ndarray, cat: Table) -> tuple[np.ndarray, dict[str, An
     return seg, info
 
 
+@contextlib.contextmanager
+def _run_folder(workdir, prefix: str):
+    """A folder for one SExtractor run: ``workdir`` (kept) or a temporary one (removed)."""
+    if workdir is not None:
+        work = Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        yield work
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
+
+
+def _write_run_files(work: Path, params: Params, entries, changes: dict[str, Any]) -> None:
+    """Write ``run.sex`` (params + ``changes``), ``run.param`` and the kernel and network
+    files it names into ``work``, so that the run depends on nothing outside it."""
+    changes = dict(changes, CATALOG_NAME="cat.fits", CATALOG_TYPE="FITS_1.0",
+                   PARAMETERS_NAME="run.param", WRITE_XML=False, VERBOSE_TYPE="QUIET",
+                   XSL_URL="")
+    fpath = filter_path(params)
+    if fpath is not None:
+        shutil.copyfile(fpath, work / "filter.conv")
+        changes["FILTER_NAME"] = "filter.conv"
+    shutil.copyfile(nnw_path(params), work / "star.nnw")
+    changes["STARNNW_NAME"] = "star.nnw"
+    write_sex(params.replace(changes), work / "run.sex")
+    (work / "run.param").write_text("\n".join(entries) + "\n")
+
+
+def _execute(command: list[str], work: Path, products) -> tuple[float, str]:
+    """Run SExtractor (no shell) in ``work``; a clear error unless ``products`` appear.
+
+    Returns the wall time in seconds and SExtractor's stderr (its warnings).
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.run(command, cwd=work, capture_output=True, text=True, errors="replace",
+                          check=False)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0 or not all((work / p).is_file() for p in products):
+        raise RuntimeError(
+            f"SExtractor failed (exit status {proc.returncode}) running "
+            f"{' '.join(command)} in {work}:\n{proc.stderr.strip() or proc.stdout.strip()}"
+        )
+    return elapsed, proc.stderr
+
+
 def run(
     sci,
     *,
@@ -360,53 +407,20 @@ def run(
     naper = len(params["PHOT_APERTURES"])
     entries, wanted = _param_entries(param_file, naper)
 
-    owned_tmp = None
-    if workdir is None:
-        owned_tmp = tempfile.TemporaryDirectory(prefix="galseg_sex_")
-        work = Path(owned_tmp.name)
-    else:
-        work = Path(workdir)
-        work.mkdir(parents=True, exist_ok=True)
-    try:
+    with _run_folder(workdir, "galseg_sex_") as work:
         hdr = _image_header(header, wcs)
         _write_image(work / "sci.fits", sci, hdr)
         changes: dict[str, Any] = {
-            "CATALOG_NAME": "cat.fits",
-            "CATALOG_TYPE": "FITS_1.0",
-            "PARAMETERS_NAME": "run.param",
             "CHECKIMAGE_TYPE": ("SEGMENTATION", "BACKGROUND"),
             "CHECKIMAGE_NAME": ("seg.fits", "bkg.fits"),
-            "WRITE_XML": False,
-            "VERBOSE_TYPE": "QUIET",
-            "XSL_URL": "",
         }
         if weight is not None:
             _write_image(work / "weight.fits", weight, hdr)
             changes["WEIGHT_IMAGE"] = ("weight.fits",)
             changes["WEIGHT_TYPE"] = (weight_type,)
-        fpath = filter_path(params)
-        if fpath is not None:
-            shutil.copyfile(fpath, work / "filter.conv")
-            changes["FILTER_NAME"] = "filter.conv"
-        shutil.copyfile(nnw_path(params), work / "star.nnw")
-        changes["STARNNW_NAME"] = "star.nnw"
-        run_params = params.replace(changes)
-        write_sex(run_params, work / "run.sex")
-        (work / "run.param").write_text("\n".join(entries) + "\n")
-
+        _write_run_files(work, params, entries, changes)
         command = [binary, "sci.fits", "-c", "run.sex"]
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            command, cwd=work, capture_output=True, text=True, errors="replace",
-            check=False,
-        )
-        elapsed = time.perf_counter() - t0
-        products = [work / "cat.fits", work / "seg.fits", work / "bkg.fits"]
-        if proc.returncode != 0 or not all(p.is_file() for p in products):
-            raise RuntimeError(
-                f"SExtractor failed (exit status {proc.returncode}) running "
-                f"{' '.join(command)} in {work}:\n{proc.stderr.strip() or proc.stdout.strip()}"
-            )
+        elapsed, stderr = _execute(command, work, ("cat.fits", "seg.fits", "bkg.fits"))
         # SExtractor copies the input header (non-standard cards included)
         # into its outputs.
         with warnings.catch_warnings():
@@ -415,9 +429,6 @@ def run(
             cat = _read_catalog(work / "cat.fits")
             seg = _read_check(work / "seg.fits", np.int32)
             bkg = _read_check(work / "bkg.fits", np.float32)
-    finally:
-        if owned_tmp is not None:
-            owned_tmp.cleanup()
 
     seg, seginfo = _check_segmap(seg, cat)
     seg = np.ascontiguousarray(seg, dtype=np.int32)
@@ -433,13 +444,48 @@ def run(
         "weight_type": weight_type,
         "nobj": len(cat),
         "elapsed_s": round(elapsed, 4),
-        "workdir": str(work) if owned_tmp is None else None,
+        "workdir": None if workdir is None else str(work),
         **seginfo,
     }
     for key, kw in (("header_gain", params["GAIN_KEY"]), ("header_satur", params["SATUR_KEY"])):
         if kw and kw in hdr:
             meta[key] = float(hdr[kw])
-    warnings_text = [line.strip() for line in proc.stderr.splitlines() if "WARNING" in line.upper()]
+    warnings_text = [line.strip() for line in stderr.splitlines() if "WARNING" in line.upper()]
     if warnings_text:
         meta["warnings"] = warnings_text
     return ExtractionResult(segmap=seg, background=bkg, catalog=cat, rms=None, meta=meta)
+
+
+def run_dual(det_sci, det_weight, sci, weight, *, params: Params, weight_type: str,
+             det_header=None, header=None, det_wcs=None, wcs=None, workdir=None,
+             param_file=None, binary: str | None = None) -> Table:
+    """SExtractor 2.25 in dual-image mode: detect on ``det_sci``, measure ``sci``.
+
+    ``source-extractor det.fits,meas.fits -c run.sex`` with ``WEIGHT_TYPE``
+    given for both images (``WEIGHT_IMAGE det_w.fits,meas_w.fits``), as galfind
+    runs forced photometry.  Images are written as uncompressed float32 FITS
+    into ``workdir`` (a temporary folder by default).
+
+    Returns
+    -------
+    `~astropy.table.Table`
+        SExtractor's catalogue (FITS units kept), restricted to the columns of
+        ``param_file`` (default galseg's ``galseg.param``).
+    """
+    binary = binary or find_binary()
+    entries, wanted = _param_entries(param_file, len(params["PHOT_APERTURES"]))
+    with _run_folder(workdir, "galseg_dual_") as work:
+        for name, image, wmap, hdr, w in (("det", det_sci, det_weight, det_header, det_wcs),
+                                          ("meas", sci, weight, header, wcs)):
+            h = _image_header(hdr, w)
+            _write_image(work / f"{name}.fits", image, h)
+            _write_image(work / f"{name}_w.fits", wmap, h)
+        _write_run_files(work, params, entries, {
+            "CHECKIMAGE_TYPE": ("NONE",), "WEIGHT_TYPE": (weight_type, weight_type),
+            "WEIGHT_IMAGE": ("det_w.fits", "meas_w.fits")})
+        _execute([binary, "det.fits,meas.fits", "-c", "run.sex"], work, ("cat.fits",))
+        cat = _read_catalog(work / "cat.fits")
+    drop = [c for c in cat.colnames if c not in wanted]
+    if drop:
+        cat.remove_columns(drop)
+    return cat
