@@ -259,7 +259,7 @@ class Band_Data:
 
     # ------------------------------------------------------------- segmentation
     def segment(self, err_type="rms_err", method="sep", config="galfind_default",
-                overwrite=False, **overrides):
+                overwrite=False, tiles="auto", max_memory="4GB", **overrides):
         """Detect and measure sources, SExtractor-style, with cached products.
 
         Parameters
@@ -276,6 +276,13 @@ class Band_Data:
             ``"epochs-v2_deblend"``), a ``.sex`` file, or a parameter set.
         overwrite : bool
             Recompute even when a valid cached product exists.
+        tiles : {"auto", None} or int
+            ``"auto"`` processes the image in overlapping tiles (in parallel,
+            memory-mapped) when it does not fit ``max_memory`` in one piece;
+            ``None`` never tiles; an int forces that tile size in pixels.  A
+            tiled run gives the same products (see `galseg.tiling`).
+        max_memory : int or str
+            Memory budget of a tiled run, e.g. ``"4GB"``.
         **overrides
             SExtractor parameters by name, e.g. ``DETECT_THRESH=2.5``.  The band
             fills ``PHOT_APERTURES`` (its aperture diameters in pixels),
@@ -297,7 +304,8 @@ class Band_Data:
         """
         from ..pipeline import segment_band
 
-        outcome = segment_band(self, err_type, method, config, overwrite, **overrides)
+        outcome = segment_band(self, err_type, method, config, overwrite, tiles=tiles,
+                               max_memory=max_memory, **overrides)
         self._use_product(outcome.entry)
         self.seg_args = {
             "err_type": err_type, "method": method,

@@ -87,8 +87,12 @@ def _compute(band, err_type, method, params):
 
 
 def segment_band(band, err_type="rms_err", method="sep", config="galfind_default",
-                 overwrite=False, **overrides):
+                 overwrite=False, tiles="auto", max_memory="4GB", **overrides):
     """Segment ``band`` (or load its cached products); see `Band_Data.segment`.
+
+    ``tiles``/``max_memory`` choose between one piece and a tiled run
+    (`galseg.tiling.band`); both give the same products, so they are not
+    part of the product key (the provenance records the tiling).
 
     Returns
     -------
@@ -119,8 +123,16 @@ def segment_band(band, err_type="rms_err", method="sep", config="galfind_default
         "config": str(config) if not isinstance(config, (Params, dict)) else "<parameters>",
         "overrides": {k.upper(): str(v) for k, v in overrides.items()},
     }
-    outcome = get_or_compute(entry, lambda: _compute(band, err_type, method, params),
-                             overwrite=overwrite, provenance=provenance,
+    from ..tiling.band import band_tile_size, compute_band_tiled
+
+    tile_size = band_tile_size(band, params, method, tiles, max_memory)
+    if tile_size is None:
+        compute = lambda: _compute(band, err_type, method, params)  # noqa: E731
+    else:
+        provenance["tiling"] = {"tile_size": int(tile_size), "max_memory": str(max_memory)}
+        compute = lambda: compute_band_tiled(band, err_type, params, tile_size,  # noqa: E731
+                                             max_memory)
+    outcome = get_or_compute(entry, compute, overwrite=overwrite, provenance=provenance,
                              wcs_header=band.load_wcs())
     if outcome.computed:
         log.info("%s %s: %s", band.survey, band.filt, outcome.reason)
