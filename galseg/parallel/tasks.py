@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 __all__ = ["BandSpec", "SegmentTask", "segment_task", "segment_entry"]
 
@@ -98,29 +97,13 @@ def segment_entry(band, err_type="rms_err", method="sep", config="galfind_defaul
     """The product entry `segment_band` would use, without computing anything.
 
     Lets the parent skip cached bands before starting any worker process.
-    It builds the key exactly as `galseg.pipeline.band.segment_band` does
-    (the test suite checks that both name the same product).
+    ``tiles``/``max_memory`` do not change the product, so they are ignored.
     """
-    from ..extract.presets import filter_kernel, nnw_path
-    from ..pipeline.band import (WEIGHT_TYPES, _config_label, _file_sha256, _inputs,
-                                 band_params)
-    from ..products import ProductStore, make_key
+    from ..pipeline.band import band_entry
 
-    params = band_params(band, err_type, config, **overrides)
-    kernel = filter_kernel(params)
-    key = make_key(
-        _inputs(band, err_type),
-        err_type=err_type,
-        method=method,
-        params=params,
-        kernel=None if kernel is None else np.asarray(kernel, dtype=np.float64),
-        nnw_sha256=_file_sha256(nnw_path(params)),
-        aper_diams_arcsec=[float(d) for d in band.aper_diams.to_value("arcsec")],
-        zero_point=band.zp,
-    )
-    return ProductStore(band.work_dir).entry(band.instrument, band.version, band.survey,
-                                             band.filt, WEIGHT_TYPES[err_type], key,
-                                             label=_config_label(config))
+    overrides.pop("tiles", None)
+    overrides.pop("max_memory", None)
+    return band_entry(band, err_type, method, config, **overrides)[0]
 
 
 def segment_task(task: SegmentTask) -> dict:

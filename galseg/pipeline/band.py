@@ -19,7 +19,7 @@ from ..extract.params import Params
 from ..extract.presets import filter_kernel, load_config, nnw_path
 from ..products import ProductStore, get_or_compute, make_key
 
-__all__ = ["segment_band", "band_params", "WEIGHT_TYPES", "METHODS"]
+__all__ = ["segment_band", "band_entry", "band_params", "WEIGHT_TYPES", "METHODS"]
 
 log = logging.getLogger("galseg.pipeline")
 
@@ -86,18 +86,18 @@ def _compute(band, err_type, method, params):
     return run(sci, params=params, method=method, header=header, wcs=band.load_wcs(), **kwargs)
 
 
-def segment_band(band, err_type="rms_err", method="sep", config="galfind_default",
-                 overwrite=False, tiles="auto", max_memory="4GB", **overrides):
-    """Segment ``band`` (or load its cached products); see `Band_Data.segment`.
+def band_entry(band, err_type="rms_err", method="sep", config="galfind_default", **overrides):
+    """The product entry of a segmentation, and its parameters, computing nothing.
 
-    ``tiles``/``max_memory`` choose between one piece and a tiled run
-    (`galseg.tiling.band`); both give the same products, so they are not
-    part of the product key (the provenance records the tiling).
+    The key covers the inputs' content, err_type, method, every parameter, the
+    kernel values, the star/galaxy network, aperture diameters and zero point
+    (`galseg.products.make_key` adds the library versions).  Lets a caller
+    (e.g. the parallel runner) skip cached bands before starting any worker.
 
     Returns
     -------
-    CacheOutcome
-        ``.entry`` is the product, ``.computed`` whether the engine ran.
+    entry : `~galseg.products.ProductEntry`
+    params : `~galseg.extract.params.Params`
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -113,9 +113,26 @@ def segment_band(band, err_type="rms_err", method="sep", config="galfind_default
         aper_diams_arcsec=[float(d) for d in band.aper_diams.to_value("arcsec")],
         zero_point=band.zp,
     )
-    store = ProductStore(band.work_dir)
-    entry = store.entry(band.instrument, band.version, band.survey, band.filt,
-                        WEIGHT_TYPES[err_type], key, label=_config_label(config))
+    entry = ProductStore(band.work_dir).entry(band.instrument, band.version, band.survey,
+                                              band.filt, WEIGHT_TYPES[err_type], key,
+                                              label=_config_label(config))
+    return entry, params
+
+
+def segment_band(band, err_type="rms_err", method="sep", config="galfind_default",
+                 overwrite=False, tiles="auto", max_memory="4GB", **overrides):
+    """Segment ``band`` (or load its cached products); see `Band_Data.segment`.
+
+    ``tiles``/``max_memory`` choose between one piece and a tiled run
+    (`galseg.tiling.band`); both give the same products, so they are not
+    part of the product key (the provenance records the tiling).
+
+    Returns
+    -------
+    CacheOutcome
+        ``.entry`` is the product, ``.computed`` whether the engine ran.
+    """
+    entry, params = band_entry(band, err_type, method, config, **overrides)
     provenance = {
         "band": {"survey": band.survey, "version": band.version, "instrument": band.instrument,
                  "filt": band.filt, "zp_source": band.zp_source,
