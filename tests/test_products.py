@@ -27,8 +27,6 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # when run as a child script
-    sys.path.insert(0, str(REPO))
 
 from galseg.extract.params import Params  # noqa: E402
 from galseg.extract.result import ExtractionResult  # noqa: E402
@@ -144,7 +142,7 @@ def entry_for(work, sci_path, rms_path, label=None, **params):
 
 def _child(mode: str, *args, wait: bool = True, timeout: float = 60):
     cmd = [sys.executable, str(Path(__file__).resolve()), mode, *map(str, args)]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ)
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
@@ -711,7 +709,7 @@ def test_list_and_clean(tmp_path, inputs):
     assert good.is_valid() and len(list_products(work)) == 1
 
     res = subprocess.run([sys.executable, "-m", "galseg.cli", "cache", "list", "--work-dir", str(work)],
-                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                         capture_output=True, text=True, env=dict(os.environ))
     assert res.returncode == 0 and good.short_hash in res.stdout and "1 products, 0 invalid" in res.stdout
     assert clean(work, invalid_only=False, survey="OTHER") == []
     assert clean(work, invalid_only=False, older_than="1h") == []      # too recent
