@@ -12,16 +12,20 @@ kernel            SExtractor 2.25 source
 `_growth`         ``growth.c: makeavergrowth`` (FLUX_RADIUS, half-light radius)
 `_winpos`         ``winpos.c: compute_winpos`` (XWIN, YWIN, SNR_WIN)
 `_iso`            ``analyse.c: examineiso`` (ISO flux, areas, peak, FWHM)
-`_localback`      ``back.c: localback, backstat, backguess`` (BACKPHOTO LOCAL)
+`_localback`      ``back.c: localback, backstat`` (BACKPHOTO LOCAL)
 ================  ==========================================================
 
 Pixel conventions (shared by all kernels):
 
+* the optional pixel-flag map ``pf`` (uint8, bits `PF_BLANK`, `PF_MASK`,
+  `PF_MERGED`; used when ``has_pf``) says which pixels are detected, masked,
+  or merged into their object by CLEAN; without it every labelled pixel is
+  detected and none is masked or merged;
 * a pixel is *blanked* for the object with segmentation label ``label`` when
   MASK_TYPE is not NONE and the pixel belongs to another detection (SExtractor
   replaces those pixels by -BIG in its image buffer while it measures);
-* a pixel is *bad* when its rms is not finite or the user mask is set
-  (SExtractor's "weight above WEIGHT_THRESH");
+* a pixel is *bad* when its rms is not finite or it is masked (SExtractor's
+  "weight above WEIGHT_THRESH");
 * blanked or bad pixels in an aperture are, for MASK_TYPE CORRECT, replaced by
   the pixel symmetric through the object's centre when that one is usable
   (a bad mirror pixel counts 0); otherwise they count 0.
@@ -34,7 +38,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from . import _parallel
+from .background import _backguess
 
 F32 = np.float32
 
@@ -61,35 +68,61 @@ MODE_NONE = 0
 MODE_BLANK = 1
 MODE_CORRECT = 2
 
+#: Bits of the pixel-flag map (``pf``): blanked while measuring other objects
+#: (detected pixel), user-masked, merged into its object by CLEAN.
+PF_BLANK = 1
+PF_MASK = 2
+PF_MERGED = 4
+
 FLAG_CROWDED = 1
 FLAG_SATUR = 4
 FLAG_APERT_PB = 16
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _blanked(seg, blank, has_blank, x, y, label, mode):
+def _blanked(seg, pf, has_pf, x, y, label, mode):
     if mode == MODE_NONE:
         return False
+    if has_pf:
+        return (pf[y, x] & PF_BLANK) != 0 and seg[y, x] != label
     s = seg[y, x]
-    if s == label:
-        return False
-    if has_blank:
-        return blank[y, x] != 0
-    return s != 0
+    return s != 0 and s != label
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _bad(rms, mask, has_mask, x, y):
+def _bad(rms, pf, has_pf, x, y):
     r = rms[y, x]
     if not (r < np.inf):
         return True
-    if has_mask and mask[y, x] != 0:
+    if has_pf and (pf[y, x] & PF_MASK) != 0:
         return True
     return False
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _usable(rms, seg, pf, has_pf, x, y, label, mode):
+    """Whether pixel ``(x, y)`` is summed as it is (neither blanked nor bad).
+
+    The negation of `_blanked` or `_bad`, ordered so that the common case
+    (finite noise, no flag) costs two reads.
+    """
+    if not (rms[y, x] < np.inf):
+        return False
+    if has_pf:
+        f = pf[y, x]
+        if f == 0:
+            return True
+        if (f & PF_MASK) != 0:
+            return False
+        return mode == MODE_NONE or (f & PF_BLANK) == 0 or seg[y, x] == label
+    if mode == MODE_NONE:
+        return True
+    s = seg[y, x]
+    return s == 0 or s == label
+
+
 @njit(cache=True, error_model="numpy")
-def _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank, x, y, label, mode,
+def _fetch_slow(data, rms, seg, pf, has_pf, x, y, label, mode,
                 weighted, var0, m2x, m2y):
     """Value and variance SExtractor sums for pixel ``(x, y)``, and whether it was replaced.
 
@@ -101,8 +134,8 @@ def _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank, x, y, label, m
     pix = np.float64(data[y, x])
     r = rms[y, x]
     var = np.float64(r * r)
-    if not (_blanked(seg, blank, has_blank, x, y, label, mode)
-            or _bad(rms, mask, has_mask, x, y)):
+    if not (_blanked(seg, pf, has_pf, x, y, label, mode)
+            or _bad(rms, pf, has_pf, x, y)):
         return pix, var, False
     if not weighted:
         var = var0
@@ -110,12 +143,12 @@ def _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank, x, y, label, m
         x2 = int(m2x - x)
         y2 = int(m2y - y)
         if (x2 >= 0 and x2 < w and y2 >= 0 and y2 < h
-                and not _blanked(seg, blank, has_blank, x2, y2, label, mode)):
+                and not _blanked(seg, pf, has_pf, x2, y2, label, mode)):
             pix = np.float64(data[y2, x2])
             if weighted:
                 r2 = rms[y2, x2]
                 var = np.float64(r2 * r2)
-            if _bad(rms, mask, has_mask, x2, y2):
+            if _bad(rms, pf, has_pf, x2, y2):
                 pix = 0.0
                 if weighted:
                     var = 0.0
@@ -127,66 +160,77 @@ def _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank, x, y, label, m
 
 
 @njit(cache=True, error_model="numpy")
-def _fill_row(data, rms, seg, mask, blank, has_mask, has_blank, y, xa, xb, label, mode,
-              weighted, var0, m2x, m2y, pixb, varb, repb):
-    """Fetch pixels ``xa..xb`` (inclusive) of row ``y`` into ``pixb``/``varb``/``repb``.
+def _fill_row(data, rms, seg, pf, has_pf, y, xa, xb, label, mode,
+              weighted, var0, m2x, m2y, pixb, varb, cand):
+    """Fetch pixels ``xa..xb`` (inclusive) of row ``y`` into ``pixb``/``varb``.
 
-    Equivalent to `_fetch_slow` for every pixel: a branch-free copy first, then
-    the few pixels that need it (neighbours, bad noise, masks) are redone.
+    Equivalent to `_fetch_slow` for every pixel: branch-free (vectorised)
+    passes copy the values and list the candidates for replacement (any flag,
+    or bad noise) in ``cand``; then only those are settled exactly.
     """
-    nslow = 0
-    check_seg = mode != MODE_NONE
-    for x in range(xa, xb + 1):
-        k = x - xa
-        r = rms[y, x]
-        s = seg[y, x]
-        pixb[k] = data[y, x]
+    drow = data[y]
+    rrow = rms[y]
+    n = xb - xa + 1
+    for k in range(n):
+        r = rrow[xa + k]
+        pixb[k] = drow[xa + k]
         varb[k] = r * r
-        slow = (not (r < np.inf)) or (check_seg and s != 0 and s != label)
-        repb[k] = slow
-        nslow += slow
-    if nslow == 0 and not (has_mask or has_blank):
-        return
-    if has_mask or has_blank:
-        for x in range(xa, xb + 1):
-            k = x - xa
-            p, v, rep = _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank, x, y,
-                                    label, mode, weighted, var0, m2x, m2y)
-            pixb[k] = p
-            varb[k] = v
-            repb[k] = rep
-        return
-    # no extra masks: replace neighbours' and bad pixels (inline _fetch_slow)
+    # candidates: counted by a vectorised reduction, listed only if any
+    nc = 0
+    if has_pf:
+        frow = pf[y]
+        for k in range(n):
+            nc += (frow[xa + k] != 0) | (not (rrow[xa + k] < np.inf))
+        if nc == 0:
+            return
+        nc = 0
+        for k in range(n):
+            if frow[xa + k] != 0 or not (rrow[xa + k] < np.inf):
+                cand[nc] = k
+                nc += 1
+    else:
+        check_seg = mode != MODE_NONE
+        srow = seg[y]
+        for k in range(n):
+            nc += (check_seg & (srow[xa + k] != 0)) | (not (rrow[xa + k] < np.inf))
+        if nc == 0:
+            return
+        nc = 0
+        for k in range(n):
+            if (check_seg and srow[xa + k] != 0) or not (rrow[xa + k] < np.inf):
+                cand[nc] = k
+                nc += 1
     h, w = data.shape
     y2 = int(m2y - y)
     yok = y2 >= 0 and y2 < h
-    for x in range(xa, xb + 1):
-        k = x - xa
-        if not repb[k]:
+    for j in range(nc):
+        k = cand[j]
+        x = xa + k
+        if _usable(rms, seg, pf, has_pf, x, y, label, mode):
             continue
+        # replaced: as _fetch_slow
         if not weighted:
             varb[k] = var0
         if mode == MODE_CORRECT:
             x2 = int(m2x - x)
-            if yok and x2 >= 0 and x2 < w:
-                s2 = seg[y2, x2]
-                if s2 == 0 or s2 == label:
-                    r2 = rms[y2, x2]
-                    if r2 < np.inf:
-                        pixb[k] = data[y2, x2]
-                        if weighted:
-                            varb[k] = r2 * r2
-                    else:
-                        pixb[k] = 0.0
-                        if weighted:
-                            varb[k] = 0.0
-                    continue
+            if yok and x2 >= 0 and x2 < w and not _blanked(seg, pf, has_pf, x2, y2, label,
+                                                          mode):
+                if _bad(rms, pf, has_pf, x2, y2):
+                    pixb[k] = 0.0
+                    if weighted:
+                        varb[k] = 0.0
+                else:
+                    pixb[k] = data[y2, x2]
+                    if weighted:
+                        r2 = rms[y2, x2]
+                        varb[k] = r2 * r2
+                continue
         pixb[k] = 0.0
         if weighted:
             varb[k] = 0.0
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def _inside(x, mx, dy2, lim2, strict):
     """SExtractor's float32 test ``(x-mx)**2 + dy**2 < lim2`` (``<=`` if not strict)."""
     dx = F32(x) - mx
@@ -254,7 +298,7 @@ def _area_table(nsub, scale2):
 
 
 @njit(cache=True, error_model="numpy")
-def _aper(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighted,
+def _aper(data, rms, seg, pf, has_pf, label, mode, weighted,
           var0, gainflag, gain, backnoise2, mx64, my64, radii, dbkg, out_flux, out_var):
     """Circular apertures of radii ``radii`` (pixels); fills ``out_flux``/``out_var``.
 
@@ -323,7 +367,7 @@ def _aper(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighte
     nb = max(x1 - x0, 1)
     pixb = np.empty(nb)
     varb = np.empty(nb)
-    repb = np.empty(nb, dtype=np.bool_)
+    cand = np.empty(nb, dtype=np.int64)
     cp = np.zeros(nb + 1)
     cv = np.zeros(nb + 1)
     cg = np.zeros(nb + 1)
@@ -336,8 +380,8 @@ def _aper(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighte
         ea, eb = _span(mx, dy2, rext_max, True, x0, x1 - 1)
         if ea > eb:
             continue
-        _fill_row(data, rms, seg, mask, blank, has_mask, has_blank, y, ea, eb, label, mode,
-                  weighted, var0, m2x, m2y, pixb, varb, repb)
+        _fill_row(data, rms, seg, pf, has_pf, y, ea, eb, label, mode,
+                  weighted, var0, m2x, m2y, pixb, varb, cand)
         # sub-row offsets of this row, shared by all apertures' sub-pixel sweeps
         dys = dy + offset
         for sy in range(APER_OVERSAMP):
@@ -440,7 +484,7 @@ def _ellipse_box(mx, my, cx2, cy2, cxy, klim, w, h):
 
 
 @njit(cache=True, error_model="numpy")
-def _auto(data, rms, ddata, drms, seg, mask, blank, has_mask, has_blank, label, mode,
+def _auto(data, rms, ddata, drms, seg, pf, has_pf, label, mode,
           weighted, var0, gainflag, gain, backnoise2, mx64, my64, a64, b64, cxx64,
           cyy64, cxy64, kron_fact, kron_min, autoaper0, autoaper1, dbkg):
     """MAG_AUTO: returns (flux, variance, kron_factor, flags).
@@ -449,7 +493,6 @@ def _auto(data, rms, ddata, drms, seg, mask, blank, has_mask, has_blank, label, 
     its bad pixels), the flux in ``data``, as SExtractor does in dual-image mode.
     """
     h, w = data.shape
-    plain = not (has_mask or has_blank)
     flag = 0
     mx = F32(mx64)
     my = F32(my64)
@@ -483,8 +526,8 @@ def _auto(data, rms, ddata, drms, seg, mask, blank, has_mask, has_blank, label, 
             dx = F32(x) - mx
             r2 = cx2 * dx * dx + cy2 * dy * dy + cxy * dx * dy
             if r2 <= klim2:
-                if (_blanked(seg, blank, has_blank, x, y, label, mode)
-                        or _bad(drms, mask, has_mask, x, y)):
+                if (_blanked(seg, pf, has_pf, x, y, label, mode)
+                        or _bad(drms, pf, has_pf, x, y)):
                     areab += 1
                 else:
                     area += 1
@@ -530,16 +573,14 @@ def _auto(data, rms, ddata, drms, seg, mask, blank, has_mask, has_blank, label, 
             dx = F32(x) - mx
             if cx2 * dx * dx + cy2 * dy * dy + cxy * dx * dy <= klim2:
                 area += 1
-                s_ = seg[y, x]
                 r_ = rms[y, x]
-                if plain and (s_ == 0 or s_ == label or mode == MODE_NONE) and r_ < np.inf:
+                if _usable(rms, seg, pf, has_pf, x, y, label, mode):
                     pix = np.float64(data[y, x])
                     var = np.float64(r_ * r_)
                     replaced = False
                 else:
-                    pix, var, replaced = _fetch_slow(data, rms, seg, mask, blank, has_mask,
-                                                     has_blank, x, y, label, mode, weighted,
-                                                     var0, m2x, m2y)
+                    pix, var, replaced = _fetch_slow(data, rms, seg, pf, has_pf, x, y,
+                                                     label, mode, weighted, var0, m2x, m2y)
                 if replaced:
                     areab += 1
                 sigtv += var
@@ -590,7 +631,7 @@ def _radius_at(growth, step, tv):
 
 
 @njit(cache=True, error_model="numpy")
-def _growth_pass(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighted,
+def _growth_pass(data, rms, seg, pf, has_pf, label, mode, weighted,
                  var0, mx, my, xmin, xmax, ymin, ymax, r2lo, r2hi, stepdens, step,
                  growth, hist):
     """Add the pixels with ``r2lo <= r**2 < r2hi`` to the (differential) growth curve.
@@ -598,7 +639,6 @@ def _growth_pass(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, 
     Per pixel exactly as SExtractor's makeavergrowth: 5x5 sub-pixels binned by
     radius near bin boundaries, whole pixels elsewhere.
     """
-    plain = not (has_mask or has_blank)
     prevbinmargin = 0.75
     nextbinmargin = step - 0.75
     scale = 1.0 / GROWTH_OVERSAMP
@@ -613,12 +653,10 @@ def _growth_pass(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, 
             r2 = dx0 * dx0 + dy0 * dy0
             if r2 < r2lo or not (r2 < r2hi):
                 continue
-            s_ = seg[y, x]
-            r_ = rms[y, x]
-            if plain and (s_ == 0 or s_ == label or mode == MODE_NONE) and r_ < np.inf:
+            if _usable(rms, seg, pf, has_pf, x, y, label, mode):
                 pix = np.float64(data[y, x])
             else:
-                pix, _v, _r = _fetch_slow(data, rms, seg, mask, blank, has_mask, has_blank,
+                pix, _v, _r = _fetch_slow(data, rms, seg, pf, has_pf,
                                           x, y, label, mode, weighted, var0, m2x, m2y)
             r = math.sqrt(r2)
             d = np.fmod(r, step)
@@ -650,7 +688,7 @@ def _growth_pass(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, 
 
 
 @njit(cache=True, error_model="numpy")
-def _growth(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighted,
+def _growth(data, rms, seg, pf, has_pf, label, mode, weighted,
             var0, mx, my, a64, autoaper0, flux_auto, fluxfrac, out_radius):
     """Circular growth curve; fills FLUX_RADIUS; returns (half-light radius, flags).
 
@@ -661,7 +699,6 @@ def _growth(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
     the result is SExtractor's in every case.
     """
     h, w = data.shape
-    plain = not (has_mask or has_blank)
     flag = 0
     growth = np.zeros(GROWTH_NSTEP)
     rlim = GROWTH_NSIG * np.float64(F32(a64))
@@ -706,14 +743,11 @@ def _growth(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
                 dx0 = x - mx
                 r2 = dx0 * dx0 + dy0 * dy0
                 if r2 < rextlim2:
-                    s_ = seg[y, x]
-                    r_ = rms[y, x]
-                    if plain and (s_ == 0 or s_ == label or mode == MODE_NONE) and r_ < np.inf:
+                    if _usable(rms, seg, pf, has_pf, x, y, label, mode):
                         pix = np.float64(data[y, x])
                     else:
-                        pix, _v, _r = _fetch_slow(data, rms, seg, mask, blank, has_mask,
-                                                  has_blank, x, y, label, mode, weighted, var0,
-                                                  m2x, m2y)
+                        pix, _v, _r = _fetch_slow(data, rms, seg, pf, has_pf, x, y,
+                                                  label, mode, weighted, var0, m2x, m2y)
                     j = int(math.sqrt(r2) * stepdens)
                     if j < GROWTH_NSTEP:
                         coarse[j] += pix
@@ -725,7 +759,7 @@ def _growth(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
                 if rc * rc < rcut2:
                     rcut2 = rc * rc
                 break
-    _growth_pass(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighted,
+    _growth_pass(data, rms, seg, pf, has_pf, label, mode, weighted,
                  var0, mx, my, xmin, xmax, ymin, ymax, 0.0, rcut2, stepdens, step, growth, hist)
     if rcut2 < rextlim2:
         # bins below jc only receive pixels with r < rcut: they are complete
@@ -742,7 +776,7 @@ def _growth(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
             if pp >= jc:
                 done = False
         if not done:
-            _growth_pass(data, rms, seg, mask, blank, has_mask, has_blank, label, mode,
+            _growth_pass(data, rms, seg, pf, has_pf, label, mode,
                          weighted, var0, mx, my, xmin, xmax, ymin, ymax, rcut2, rextlim2,
                          stepdens, step, growth, hist)
     acc = 0.0
@@ -763,11 +797,10 @@ def _growth(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
 
 
 @njit(cache=True, error_model="numpy")
-def _winpos(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weighted,
+def _winpos(data, rms, seg, pf, has_pf, label, mode, weighted,
             var0, gainflag, gain, backnoise2, mx0, my0, cxx64, cyy64, cxy64, hl_radius):
     """Windowed centroid: returns (xwin, ywin, snr_win, flags), 0-based."""
     h, w = data.shape
-    plain = not (has_mask or has_blank)
     flag = 0
     sig = F32(np.float64(F32(hl_radius)) * 2.0 / 2.35)
     invtwosig2 = F32(1.0 / (2.0 * np.float64(sig) * np.float64(sig)))
@@ -862,16 +895,14 @@ def _winpos(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
                     else:
                         locarea = F32(1.0)
                     locarea *= math.exp(-r2 * invtwosig2)  # float32: C's expf
-                    s_ = seg[y, x]
                     r_ = rms[y, x]
-                    if plain and (s_ == 0 or s_ == label or mode == MODE_NONE) and r_ < np.inf:
+                    if _usable(rms, seg, pf, has_pf, x, y, label, mode):
                         pix = np.float64(data[y, x])
                         var = np.float64(r_ * r_)
                         _ = False
                     else:
-                        pix, var, _ = _fetch_slow(data, rms, seg, mask, blank, has_mask,
-                                                  has_blank, x, y, label, mode, weighted, var0,
-                                                  m2x, m2y)
+                        pix, var, _ = _fetch_slow(data, rms, seg, pf, has_pf, x, y,
+                                                  label, mode, weighted, var0, m2x, m2y)
                     la = np.float64(locarea)
                     locpix = la * pix
                     tv += locpix
@@ -918,14 +949,15 @@ def _winpos(data, rms, seg, mask, blank, has_mask, has_blank, label, mode, weigh
 
 
 @njit(cache=True, error_model="numpy")
-def _iso(data, rms, seg, oseg, label, xmin, xmax, ymin, ymax, weighted, gainflag, gain,
+def _iso(data, rms, seg, pf, has_pf, label, xmin, xmax, ymin, ymax, weighted, gainflag, gain,
          backnoise2, threshfac, field_thresh, dbkg, mx, my, a64, b64, sat, iso_out):
     """Isophotal quantities (analyse.c: examineiso, and clean.c: mergeobject).
 
     ``seg`` gives the object's final pixels (FLUX_ISO, its error, the peak);
-    ``oseg`` its own pixels before CLEAN merged swallowed detections into it,
-    on which SExtractor measured the isophotal area, the threshold, the
-    classifier's isophotal areas and the FWHM (``oseg`` may be ``seg``).
+    its own pixels are those without the ``PF_MERGED`` flag (CLEAN merged the
+    others into it from swallowed detections): on them SExtractor measured the
+    isophotal area, the threshold, the classifier's isophotal areas and the
+    FWHM.
 
     Returns (flux, variance, isoarea, npix, peak, thresh, fwhm); fills
     ``iso_out`` with the 8 isophotal areas of the classifier.
@@ -941,7 +973,7 @@ def _iso(data, rms, seg, oseg, label, xmin, xmax, ymin, ymax, weighted, gainflag
         for x in range(xmin, xmax + 1):
             if seg[y, x] != label:
                 continue
-            own = oseg[y, x] == label
+            own = not (has_pf and (pf[y, x] & PF_MERGED) != 0)
             npix += 1
             p = data[y, x]
             pix = np.float64(p)
@@ -993,7 +1025,7 @@ def _iso(data, rms, seg, oseg, label, xmin, xmax, ymin, ymax, weighted, gainflag
     sxy = 0.0
     for y in range(ymin, ymax + 1):
         for x in range(xmin, xmax + 1):
-            if seg[y, x] != label or oseg[y, x] != label:
+            if seg[y, x] != label or (has_pf and (pf[y, x] & PF_MERGED) != 0):
                 continue
             v = data[y, x]
             for i in range(NISO):
@@ -1032,66 +1064,7 @@ def _iso(data, rms, seg, oseg, label, xmin, xmax, ymin, ymax, weighted, gainflag
 
 
 @njit(cache=True, error_model="numpy")
-def _backguess(histo, nlevels, bmean, qzero, qscale):
-    """SExtractor's histogram mode estimate (back.c: backguess); returns the mean."""
-    eps = 1e-4
-    lcut = 0
-    hcut = nlevels - 1
-    nlevelsm1 = nlevels - 1
-    sig = 10.0 * nlevelsm1
-    sig1 = 1.0
-    mea = np.float64(bmean)
-    med = np.float64(bmean)
-    n = 100
-    while n > 0 and sig >= 0.1 and abs(sig / sig1 - 1.0) > eps:
-        n -= 1
-        sig1 = sig
-        total = 0
-        mea = 0.0
-        sig = 0.0
-        lowsum = 0
-        highsum = 0
-        ilow = lcut
-        ihigh = hcut
-        for i in range(lcut, hcut + 1):
-            if lowsum < highsum:
-                lowsum += histo[ilow]
-                ilow += 1
-            else:
-                highsum += histo[ihigh]
-                ihigh -= 1
-            pix = histo[i]
-            total += pix
-            dpix = np.float64(pix) * i
-            mea += dpix
-            sig += dpix * i
-        if ihigh >= 0:
-            hl = histo[ilow] if ilow < nlevels else 0
-            hh = histo[ihigh]
-            den = hl if hl > hh else hh
-            med = ihigh + 0.5 + (np.float64(highsum) - lowsum) / (2.0 * den)
-        else:
-            med = 0.0
-        if total:
-            mea /= np.float64(total)
-            sig = sig / total - mea * mea
-        sig = math.sqrt(sig) if sig > 0.0 else 0.0
-        ftemp = med - 3.0 * sig
-        lcut = int(ftemp + 0.5) if ftemp > 0.0 else 0
-        ftemp = med + 3.0 * sig
-        if ftemp < nlevelsm1:
-            hcut = int(ftemp + 0.5) if ftemp > 0.0 else int(ftemp - 0.5)
-        else:
-            hcut = nlevelsm1
-    if abs(sig) > 0.0:
-        if abs((mea - med) / sig) < 0.3:
-            return F32(qzero + (2.5 * med - 1.5 * mea) * qscale)
-        return F32(qzero + med * qscale)
-    return F32(qzero + mea * qscale)
-
-
-@njit(cache=True, error_model="numpy")
-def _localback(data, seg, blank, has_blank, label, mode, xmin, xmax, ymin, ymax, pbs,
+def _localback(data, seg, pf, has_pf, label, mode, xmin, xmax, ymin, ymax, pbs,
                yblank):
     """BACKPHOTO_TYPE LOCAL background of one object (back.c: localback).
 
@@ -1120,21 +1093,21 @@ def _localback(data, seg, blank, has_blank, label, mode, xmin, xmax, ymin, ymax,
     npix = 0
     for y in range(bymin, bymax):
         for x in range(bxmin, bxmin + pbs):
-            if y > yblank or not _blanked(seg, blank, has_blank, x, y, label, mode):
+            if y > yblank or not _blanked(seg, pf, has_pf, x, y, label, mode):
                 vals[npix] = data[y, x]
                 npix += 1
         for x in range(ixmax, ixmax + pbs):
-            if y > yblank or not _blanked(seg, blank, has_blank, x, y, label, mode):
+            if y > yblank or not _blanked(seg, pf, has_pf, x, y, label, mode):
                 vals[npix] = data[y, x]
                 npix += 1
     for y in range(bymin, iymin):
         for x in range(ixmin, ixmax):
-            if y > yblank or not _blanked(seg, blank, has_blank, x, y, label, mode):
+            if y > yblank or not _blanked(seg, pf, has_pf, x, y, label, mode):
                 vals[npix] = data[y, x]
                 npix += 1
     for y in range(iymax, bymax):
         for x in range(ixmin, ixmax):
-            if y > yblank or not _blanked(seg, blank, has_blank, x, y, label, mode):
+            if y > yblank or not _blanked(seg, pf, has_pf, x, y, label, mode):
                 vals[npix] = data[y, x]
                 npix += 1
     if npix == 0:
@@ -1178,12 +1151,43 @@ def _localback(data, seg, blank, has_blank, label, mode, xmin, xmax, ymin, ymax,
         bn = int(vals[i] / qscale + cste)
         if bn >= 0 and bn < nlevels:
             histo[bn] += 1
-    return np.float64(_backguess(histo, nlevels, bmean, np.float64(qzero), np.float64(qscale)))
+    # (back.c's backguess, shared with the mesh background)
+    back, _sig = _backguess(histo, nlevels, bmean, np.float32(0.0), np.float64(qscale),
+                            np.float64(qzero))
+    return np.float64(back)
 
 
 @njit(cache=True, error_model="numpy")
-def label_boxes(seg, nobj):
-    """Bounding boxes (xmin, xmax, ymin, ymax) and pixel counts of labels 1..nobj."""
+def build_pixel_flags(seg, mask, has_mask, blank, has_blank, oseg, has_oseg, pf):
+    """The pixel-flag map of a measurement (see the module notes).
+
+    ``PF_BLANK`` from ``blank`` (default: labelled pixels), ``PF_MASK`` from
+    ``mask``, ``PF_MERGED`` where ``oseg`` (the objects' own pixels) differs
+    from ``seg``.
+    """
+    h, w = seg.shape
+    for y in range(h):
+        for x in range(w):
+            s = seg[y, x]
+            f = 0
+            if has_blank:
+                if blank[y, x] != 0:
+                    f |= PF_BLANK
+            elif s != 0:
+                f |= PF_BLANK
+            if has_mask and mask[y, x] != 0:
+                f |= PF_MASK
+            if has_oseg and s != 0 and oseg[y, x] != s:
+                f |= PF_MERGED
+            pf[y, x] = f
+
+
+@njit(cache=True, error_model="numpy")
+def label_boxes(seg, nobj, pf, own_only):
+    """Bounding boxes (xmin, xmax, ymin, ymax) and pixel counts of labels 1..nobj.
+
+    With ``own_only``, only the pixels without the ``PF_MERGED`` flag count.
+    """
     h, w = seg.shape
     xmin = np.full(nobj, w, dtype=np.int64)
     xmax = np.full(nobj, -1, dtype=np.int64)
@@ -1194,6 +1198,8 @@ def label_boxes(seg, nobj):
         for x in range(w):
             s = seg[y, x]
             if s > 0 and s <= nobj:
+                if own_only and (pf[y, x] & PF_MERGED) != 0:
+                    continue
                 i = s - 1
                 npix[i] += 1
                 if x < xmin[i]:
@@ -1207,8 +1213,66 @@ def label_boxes(seg, nobj):
     return xmin, xmax, ymin, ymax, npix
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def measure_objects(data, rms, ddata, drms, seg, oseg, mask, blank, has_mask, has_blank,
+@njit(cache=True, nogil=True, error_model="numpy")
+def _measure_range(lo, hi, data, rms, ddata, drms, seg, pf, has_pf,
+                   x, y, a, b, cxx, cyy, cxy, bxmin, bxmax, bymin, bymax, bkg_center,
+                   mode, weighted, var0, gainflag, gain, backnoise2, threshfac,
+                   field_thresh, satur, radii, kron_fact, kron_min, autoaper0, autoaper1,
+                   fluxfrac, local_back, pbs, oxmin, oxmax, oymin, oymax, yblank,
+                   flux_aper, var_aper, flux_auto, var_auto, kron, flux_iso, var_iso,
+                   isoarea, npix, peak, thresh, fwhm, iso, flux_radius, xwin, ywin, snr_win,
+                   dbkg, flags):
+    """`measure_objects` for objects ``lo..hi-1``, into the output arrays."""
+    naper = radii.shape[0]
+    for i in range(lo, hi):
+        label = i + 1
+        flag = 0
+        db = 0.0
+        if local_back and oxmax[i] >= 0:
+            db = _localback(data, seg, pf, has_pf, label, mode,
+                            oxmin[i], oxmax[i], oymin[i], oymax[i], pbs, yblank[i])
+        dbkg[i] = db
+        sat = satur - bkg_center[i] - db
+        if bxmax[i] >= 0:
+            r = _iso(data, rms, seg, pf, has_pf, label, bxmin[i], bxmax[i], bymin[i], bymax[i],
+                     weighted, gainflag, gain, backnoise2, threshfac, field_thresh, db,
+                     x[i], y[i], a[i], b[i], sat, iso[i])
+            flux_iso[i] = r[0]
+            var_iso[i] = r[1]
+            isoarea[i] = r[2]
+            npix[i] = r[3]
+            peak[i] = r[4]
+            thresh[i] = r[5]
+            fwhm[i] = r[6]
+            if r[4] + bkg_center[i] + db >= satur:
+                flag |= FLAG_SATUR
+        if naper > 0:
+            flag |= _aper(data, rms, seg, pf, has_pf, label, mode,
+                          weighted, var0, gainflag, gain, backnoise2, x[i], y[i], radii,
+                          db, flux_aper[i], var_aper[i])
+        fa, va, kf, f = _auto(data, rms, ddata, drms, seg, pf, has_pf,
+                              label, mode, weighted, var0, gainflag, gain, backnoise2,
+                              x[i], y[i], a[i], b[i], cxx[i], cyy[i], cxy[i], kron_fact,
+                              kron_min, autoaper0, autoaper1, db)
+        flux_auto[i] = fa
+        var_auto[i] = va
+        kron[i] = kf
+        flag |= f
+        hl, f = _growth(data, rms, seg, pf, has_pf, label, mode,
+                        weighted, var0, x[i], y[i], a[i], autoaper0, fa, fluxfrac,
+                        flux_radius[i])
+        flag |= f
+        xw, yw, snr, f = _winpos(data, rms, seg, pf, has_pf, label,
+                                 mode, weighted, var0, gainflag, gain, backnoise2, x[i], y[i],
+                                 cxx[i], cyy[i], cxy[i], hl)
+        xwin[i] = xw
+        ywin[i] = yw
+        snr_win[i] = snr
+        flag |= f
+        flags[i] = flag
+
+
+def measure_objects(data, rms, ddata, drms, seg, pf, has_pf,
                     x, y, a, b, cxx, cyy, cxy, bxmin, bxmax, bymin, bymax, bkg_center,
                     mode, weighted, var0, gainflag, gain, backnoise2, threshfac,
                     field_thresh, satur, radii, kron_fact, kron_min, autoaper0, autoaper1,
@@ -1241,51 +1305,14 @@ def measure_objects(data, rms, ddata, drms, seg, oseg, mask, blank, has_mask, ha
     snr_win = np.zeros(n)
     dbkg = np.zeros(n)
     flags = np.zeros(n, dtype=np.int64)
-    for i in prange(n):
-        label = i + 1
-        flag = 0
-        db = 0.0
-        if local_back and oxmax[i] >= 0:
-            db = _localback(data, seg, blank, has_blank, label, mode,
-                            oxmin[i], oxmax[i], oymin[i], oymax[i], pbs, yblank[i])
-        dbkg[i] = db
-        sat = satur - bkg_center[i] - db
-        if bxmax[i] >= 0:
-            r = _iso(data, rms, seg, oseg, label, bxmin[i], bxmax[i], bymin[i], bymax[i],
-                     weighted, gainflag, gain, backnoise2, threshfac, field_thresh, db,
-                     x[i], y[i], a[i], b[i], sat, iso[i])
-            flux_iso[i] = r[0]
-            var_iso[i] = r[1]
-            isoarea[i] = r[2]
-            npix[i] = r[3]
-            peak[i] = r[4]
-            thresh[i] = r[5]
-            fwhm[i] = r[6]
-            if r[4] + bkg_center[i] + db >= satur:
-                flag |= FLAG_SATUR
-        if naper > 0:
-            flag |= _aper(data, rms, seg, mask, blank, has_mask, has_blank, label, mode,
-                          weighted, var0, gainflag, gain, backnoise2, x[i], y[i], radii,
-                          db, flux_aper[i], var_aper[i])
-        fa, va, kf, f = _auto(data, rms, ddata, drms, seg, mask, blank, has_mask, has_blank,
-                              label, mode, weighted, var0, gainflag, gain, backnoise2,
-                              x[i], y[i], a[i], b[i], cxx[i], cyy[i], cxy[i], kron_fact,
-                              kron_min, autoaper0, autoaper1, db)
-        flux_auto[i] = fa
-        var_auto[i] = va
-        kron[i] = kf
-        flag |= f
-        hl, f = _growth(data, rms, seg, mask, blank, has_mask, has_blank, label, mode,
-                        weighted, var0, x[i], y[i], a[i], autoaper0, fa, fluxfrac,
-                        flux_radius[i])
-        flag |= f
-        xw, yw, snr, f = _winpos(data, rms, seg, mask, blank, has_mask, has_blank, label,
-                                 mode, weighted, var0, gainflag, gain, backnoise2, x[i], y[i],
-                                 cxx[i], cyy[i], cxy[i], hl)
-        xwin[i] = xw
-        ywin[i] = yw
-        snr_win[i] = snr
-        flag |= f
-        flags[i] = flag
+    # chunks of objects to threads as they come free (sizes vary a lot)
+    _parallel.ranges(_measure_range, n, 32, data, rms, ddata, drms, seg, pf, has_pf,
+                     x, y, a, b, cxx, cyy, cxy, bxmin, bxmax, bymin, bymax, bkg_center,
+                     mode, weighted, var0, gainflag, gain, backnoise2, threshfac,
+                     field_thresh, satur, radii, kron_fact, kron_min, autoaper0, autoaper1,
+                     fluxfrac, local_back, pbs, oxmin, oxmax, oymin, oymax, yblank,
+                     flux_aper, var_aper, flux_auto, var_auto, kron, flux_iso, var_iso,
+                     isoarea, npix, peak, thresh, fwhm, iso, flux_radius, xwin, ywin, snr_win,
+                     dbkg, flags)
     return (flux_aper, var_aper, flux_auto, var_auto, kron, flux_iso, var_iso, isoarea,
             npix, peak, thresh, fwhm, iso, flux_radius, xwin, ywin, snr_win, dbkg, flags)

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from . import _parallel
+from ._sort import sort_inplace
+
 __all__ = ["MeshStatistics", "BackgroundResult", "mesh_statistics", "background_map",
            "estimate_background"]
 
@@ -94,7 +97,8 @@ class BackgroundResult:
 @numba.njit(cache=True)
 def _fqmedian(values):
     n = values.size
-    s = np.sort(values)
+    s = values.copy()
+    sort_inplace(s)
     if n < 2:
         return s[0]
     if n & 1:
@@ -104,38 +108,72 @@ def _fqmedian(values):
 
 @numba.njit(cache=True)
 def _backguess(histo, nlevels, bmean, bsigma, qscale, qzero):
-    """Clipped mode of a mesh histogram (``backguess`` in back.c)."""
+    """Clipped mode of a mesh histogram (``backguess`` in back.c).
+
+    back.c rescans the histogram between the clipping limits at every
+    iteration; here the sums come from exact integer prefix sums and the
+    median's two-pointer walk from a binary search on the same prefix sums
+    (the walk merges the cumulative counts from either end), which gives the
+    same numbers for a fraction of the work.
+    """
     eps = 1e-4
     hcut = nlevelsm1 = nlevels - 1
     lcut = 0
     sig = 10.0 * nlevelsm1
     sig1 = 1.0
     mea = med = np.float64(bmean)
+    # prefix sums (exact integers): counts, i * counts, i^2 * counts
+    c0 = np.zeros(nlevels + 1, np.int64)
+    c1 = np.zeros(nlevels + 1, np.int64)
+    c2 = np.zeros(nlevels + 1, np.int64)
+    for i in range(nlevels):
+        h = histo[i]
+        c0[i + 1] = c0[i] + h
+        c1[i + 1] = c1[i] + h * i
+        c2[i + 1] = c2[i] + h * i * i
     n = 100
     while True:
         if not (n > 0 and sig >= 0.1 and abs(sig / sig1 - 1.0) > eps):
             break
         n -= 1
         sig1 = sig
-        total = 0
-        mea = 0.0
-        sig = 0.0
-        lowsum = 0
-        highsum = 0
-        hilow = lcut
-        hihigh = hcut
-        for i in range(lcut, hcut + 1):
-            if lowsum < highsum:
-                lowsum += histo[hilow]
-                hilow += 1
-            else:
-                highsum += histo[hihigh]
-                hihigh -= 1
-            pix = histo[i]
-            total += pix
-            dpix = np.float64(pix) * i
-            mea += dpix
-            sig += dpix * i
+        lo_i = lcut if lcut > 0 else 0
+        hi_i = hcut
+        if hi_i >= lo_i:
+            total = c0[hi_i + 1] - c0[lo_i]
+            mea = np.float64(c1[hi_i + 1] - c1[lo_i])
+            sig = np.float64(c2[hi_i + 1] - c2[lo_i])
+        else:
+            total = 0
+            mea = 0.0
+            sig = 0.0
+        # the two-pointer walk of the C loop, as a merge of the cumulative sums
+        # from either end: k steps from below, N - k from above
+        N = hcut - lcut + 1
+        if N > 0:
+            lo_k = 0
+            hi_k = N
+            base = c0[lcut]
+            top = c0[hcut + 1]
+            # largest k with L(k-1) < H(N-k) (k = 0 always qualifies)
+            while lo_k < hi_k:
+                k = (lo_k + hi_k + 1) // 2
+                lk1 = c0[lcut + k - 1] - base
+                hnk = top - c0[hcut + 1 - (N - k)]
+                if lk1 < hnk:
+                    lo_k = k
+                else:
+                    hi_k = k - 1
+            k = lo_k
+            hilow = lcut + k
+            hihigh = hilow - 1
+            lowsum = c0[hilow] - base
+            highsum = top - c0[hilow]
+        else:
+            hilow = lcut
+            hihigh = hcut
+            lowsum = 0
+            highsum = 0
         if hihigh >= 0:
             lo = histo[hilow] if hilow < nlevels else 0
             hi = histo[hihigh]
@@ -165,10 +203,17 @@ def _backguess(histo, nlevels, bmean, bsigma, qscale, qzero):
 
 
 @numba.njit(cache=True)
-def _mesh_row_stats(data, valid, wvar, use_w, wthresh, y0, h, statlines, bw, nx,
+def _mesh_row_stats(data, valid, wvar, use_w, want_w, wthresh, y0, h, statlines, bw, nx,
                     back, sigma, wback, wsigma, j):
-    """Statistics of one row of meshes (backstat + backhisto + backguess)."""
+    """Statistics of one row of meshes (backstat + backhisto + backguess).
+
+    ``use_w``: pixels with ``wvar >= wthresh`` are left out; ``want_w``: the
+    statistics of ``wvar`` itself are computed too (only ``MAP_WEIGHT`` /
+    ``MAP_VAR`` rescaling needs them).  A ``valid`` of another shape than
+    ``data`` (e.g. 1x1) means every pixel has data.
+    """
     width = data.shape[1]
+    all_valid = valid.shape[0] != data.shape[0] or valid.shape[1] != data.shape[1]
     step = math.sqrt(2.0 / math.pi) * _QUANTIF_NSIGMA / _QUANTIF_AMIN
     nstat = statlines.size
     for m in range(nx):
@@ -183,14 +228,14 @@ def _mesh_row_stats(data, valid, wvar, use_w, wthresh, y0, h, statlines, bw, nx,
         for li in range(nstat):
             y = statlines[li]
             for x in range(x0, x0 + mw):
-                if not valid[y, x]:
+                if not (all_valid or valid[y, x]):
                     continue
                 if use_w and not (wvar[y, x] < wthresh):
                     continue
                 pix = np.float64(data[y, x])
                 mean += pix
                 sig2 += pix * pix
-                if use_w:
+                if want_w:
                     wp = np.float64(wvar[y, x])
                     wmean += wp
                     wsig2 += wp * wp
@@ -198,13 +243,13 @@ def _mesh_row_stats(data, valid, wvar, use_w, wthresh, y0, h, statlines, bw, nx,
         if np.float32(npix) < np.float32(mw * nstat * _BACK_MINGOODFRAC):
             back[j, m] = -BIG
             sigma[j, m] = -BIG
-            if use_w:
+            if want_w:
                 wback[j, m] = -BIG
                 wsigma[j, m] = -BIG
             continue
         wlcut = np.float32(0.0)
         whcut = np.float32(0.0)
-        if use_w:
+        if want_w:
             wmean /= npix
             s = wsig2 / npix - wmean * wmean
             ws = math.sqrt(s) if s > 0.0 else 0.0
@@ -225,7 +270,7 @@ def _mesh_row_stats(data, valid, wvar, use_w, wthresh, y0, h, statlines, bw, nx,
         for li in range(nstat):
             y = statlines[li]
             for x in range(x0, x0 + mw):
-                if not valid[y, x]:
+                if not (all_valid or valid[y, x]):
                     continue
                 pix32 = data[y, x]
                 if use_w and not (wvar[y, x] < wthresh):
@@ -235,7 +280,7 @@ def _mesh_row_stats(data, valid, wvar, use_w, wthresh, y0, h, statlines, bw, nx,
                     mean += pix
                     sig2 += pix * pix
                     npix += 1
-                    if use_w:
+                    if want_w:
                         wp32 = wvar[y, x]
                         if wp32 <= whcut and wp32 >= wlcut:
                             wp = np.float64(wp32)
@@ -252,7 +297,7 @@ def _mesh_row_stats(data, valid, wvar, use_w, wthresh, y0, h, statlines, bw, nx,
             nlevels = _QUANTIF_NMAXLEVELS
         qscale = np.float32(2 * _QUANTIF_NSIGMA * sd / nlevels) if sd > 0.0 else np.float32(1.0)
         qzero = np.float32(mean - _QUANTIF_NSIGMA * sd)
-        if use_w:
+        if want_w:
             wmean /= wnpix
             s = wsig2 / wnpix - wmean * wmean
             wsd = math.sqrt(s) if s > 0.0 else 0.0
@@ -267,40 +312,38 @@ def _mesh_row_stats(data, valid, wvar, use_w, wthresh, y0, h, statlines, bw, nx,
         # ---- backhisto: all lines of the mesh, single-precision binning
         histo = np.zeros(nlevels, np.int64)
         cste = np.float32(np.float32(0.499999) - qzero / qscale)
-        if use_w:
+        if want_w:
             whisto = np.zeros(wnlevels, np.int64)
             wcste = np.float32(np.float32(0.499999) - wqzero / wqscale)
         for y in range(y0, y0 + h):
             for x in range(x0, x0 + mw):
-                if not valid[y, x]:
+                if not (all_valid or valid[y, x]):
                     continue
                 b = int(data[y, x] / qscale + cste)
                 if use_w:
                     wp32 = wvar[y, x]
                     if wp32 < wthresh and b < nlevels and b >= 0:
                         histo[b] += 1
-                        wb = int(wp32 / wqscale + wcste)
-                        if wb >= 0 and wb < wnlevels:
-                            whisto[wb] += 1
+                        if want_w:
+                            wb = int(wp32 / wqscale + wcste)
+                            if wb >= 0 and wb < wnlevels:
+                                whisto[wb] += 1
                 elif b >= 0 and b < nlevels:
                     histo[b] += 1
         back[j, m], sigma[j, m] = _backguess(histo, nlevels, bmean, bsig, np.float64(qscale),
                                              np.float64(qzero))
-        if use_w:
+        if want_w:
             wback[j, m], wsigma[j, m] = _backguess(whisto, wnlevels, wbmean, wbsig,
                                                    np.float64(wqscale), np.float64(wqzero))
 
 
-@numba.njit(cache=True)
-def _mesh_grid(data, valid, wvar, use_w, wthresh, bw, bh):
+@numba.njit(cache=True, nogil=True)
+def _mesh_rows(j0, j1, data, valid, wvar, use_w, want_w, wthresh, bw, bh, back, sigma, wback,
+               wsigma):
+    """Raw statistics of mesh rows ``j0..j1-1`` (see `_mesh_row_stats`)."""
     height, width = data.shape
     nx = (width - 1) // bw + 1
-    ny = (height - 1) // bh + 1
-    back = np.empty((ny, nx), np.float32)
-    sigma = np.empty((ny, nx), np.float32)
-    wback = np.empty((ny, nx), np.float32)
-    wsigma = np.empty((ny, nx), np.float32)
-    for j in range(ny):
+    for j in range(j0, j1):
         y0 = j * bh
         h = min(bh, height - y0)
         # Wide images: SExtractor takes the clipping statistics from a subset
@@ -318,8 +361,36 @@ def _mesh_grid(data, valid, wvar, use_w, wthresh, bw, bh):
                 statlines[k] = y0 + step // 2 + k * step
         else:
             statlines = np.arange(y0, y0 + h)
-        _mesh_row_stats(data, valid, wvar, use_w, wthresh, y0, h, statlines, bw, nx,
+        _mesh_row_stats(data, valid, wvar, use_w, want_w, wthresh, y0, h, statlines, bw, nx,
                         back, sigma, wback, wsigma, j)
+
+
+def _mesh_grid_stats(data, valid, wvar, use_w, want_w, wthresh, bw, bh):
+    """Raw mesh statistics, rows of meshes on several threads."""
+    height, width = data.shape
+    nx = (width - 1) // bw + 1
+    ny = (height - 1) // bh + 1
+    back = np.empty((ny, nx), np.float32)
+    sigma = np.empty((ny, nx), np.float32)
+    wback = np.empty((ny, nx), np.float32)
+    wsigma = np.empty((ny, nx), np.float32)
+    _parallel.ranges(_mesh_rows, ny, 2, data, valid, wvar, use_w, want_w, wthresh, bw, bh,
+                     back, sigma, wback, wsigma)
+    return back, sigma, wback, wsigma
+
+
+@numba.njit(cache=True)
+def _mesh_grid(data, valid, wvar, use_w, wthresh, bw, bh):
+    """Raw mesh statistics of the image (and of ``wvar`` when ``use_w``)."""
+    height, width = data.shape
+    nx = (width - 1) // bw + 1
+    ny = (height - 1) // bh + 1
+    back = np.empty((ny, nx), np.float32)
+    sigma = np.empty((ny, nx), np.float32)
+    wback = np.empty((ny, nx), np.float32)
+    wsigma = np.empty((ny, nx), np.float32)
+    _mesh_rows(0, ny, data, valid, wvar, use_w, use_w, wthresh, bw, bh, back, sigma, wback,
+               wsigma)
     return back, sigma, wback, wsigma
 
 
@@ -327,7 +398,6 @@ def _mesh_grid(data, valid, wvar, use_w, wthresh, bw, bh):
 def _filterback(back, sigma, nfx, nfy, fthresh):
     """Bad-mesh replacement and median filtering (``filterback``)."""
     ny, nx = back.shape
-    b = back.copy()
     s = sigma.copy()
     b2 = back.copy()
     for py in range(ny):
@@ -352,26 +422,35 @@ def _filterback(back, sigma, nfx, nfy, fthresh):
                                 nmin += 1
                 b2[py, px] = val / nmin if nmin else np.float32(0.0)
                 s[py, px] = sval / nmin if nmin else np.float32(1.0)
-    b[:, :] = b2
+    b = b2
     npx = nfx // 2
     npy = nfy // 2
     outb = b.copy()
     outs = s.copy()
+    bm = np.empty(nfx * nfy, np.float32)
+    sm = np.empty(nfx * nfy, np.float32)
     for py in range(ny):
         npy2 = min(npy, ny - 1 - py, py)
         for px in range(nx):
             npx2 = min(npx, nx - 1 - px, px)
-            bm = b[py - npy2:py + npy2 + 1, px - npx2:px + npx2 + 1].copy().ravel()
-            sm = s[py - npy2:py + npy2 + 1, px - npx2:px + npx2 + 1].copy().ravel()
-            med = _fqmedian(bm)
+            # the window, row by row (explicit loops: quicker to compile
+            # than 2-D slicing)
+            k = 0
+            for wy in range(py - npy2, py + npy2 + 1):
+                for wx in range(px - npx2, px + npx2 + 1):
+                    bm[k] = b[wy, wx]
+                    sm[k] = s[wy, wx]
+                    k += 1
+            med = _fqmedian(bm[:k])
             if abs(med - b[py, px]) >= fthresh:
                 outb[py, px] = med
-                outs[py, px] = _fqmedian(sm)
+                outs[py, px] = _fqmedian(sm[:k])
             else:
                 outb[py, px] = b[py, px]
                 outs[py, px] = s[py, px]
     backmean = _fqmedian(outb.ravel())
-    flat = np.sort(outs.ravel())
+    flat = outs.ravel().copy()
+    sort_inplace(flat)
     backsig = _fqmedian(flat)
     if backsig <= 0.0:
         npos = 0
@@ -408,78 +487,86 @@ def _spline_y(grid):
     return d
 
 
+@numba.njit(cache=True, nogil=True)
+def _spline_rows(y0, y1, grid, dgrid, bw, bh, out):
+    """Lines ``y0..y1-1`` of the bicubic-spline map of a mesh grid
+    (``subbackline``; the lines are independent)."""
+    nbx = grid.shape[1]
+    node = np.empty(nbx, np.float32)
+    dnode = np.zeros(nbx, np.float32)
+    u = np.zeros(max(nbx - 1, 1), np.float32)
+    for y in range(y0, y1):
+        _spline_line(grid, dgrid, bw, bh, out, y, node, dnode, u)
+
+
 @numba.njit(cache=True)
-def _spline_map(grid, dgrid, bw, bh, out):
-    """Bicubic-spline map of a mesh grid, line by line (``subbackline``)."""
+def _spline_line(grid, dgrid, bw, bh, out, y, node, dnode, u):
+    """Line ``y`` of `_spline_map` (``node``, ``dnode``, ``u``: work space)."""
     height, width = out.shape
     nby, nbx = grid.shape
     nbxm1 = nbx - 1
-    node = np.empty(nbx, np.float32)
-    dnode = np.zeros(nbx, np.float32)
-    u = np.zeros(max(nbxm1, 1), np.float32)
-    for y in range(height):
-        if nby > 1:
-            dy = np.float32(np.float32(y) / np.float32(bh) - 0.5)
-            yl = int(dy)
-            dy -= np.float32(yl)
-            if yl < 0:
-                yl = 0
-                dy -= np.float32(1.0)
-            elif yl >= nby - 1:
-                yl = 0 if nby < 2 else nby - 2
-                dy += np.float32(1.0)
-            cdy = np.float32(1.0) - dy
-            dy3 = dy * dy * dy - dy
-            cdy3 = cdy * cdy * cdy - cdy
-            for x in range(nbx):
-                node[x] = (cdy * grid[yl, x] + dy * grid[yl + 1, x] + cdy3 * dgrid[yl, x]
-                           + dy3 * dgrid[yl + 1, x])
-            if nbx > 1:
-                dnode[0] = 0.0
-                u[0] = 0.0
-                for x in range(1, nbxm1):
-                    temp = np.float32(-1.0) / (dnode[x - 1] + np.float32(4.0))
-                    dnode[x] = temp
-                    temp *= u[x - 1] - np.float32(6.0) * (node[x + 1] + node[x - 1]
-                                                          - np.float32(2.0) * node[x])
-                    u[x] = temp
-                dnode[nbxm1] = 0.0
-                for x in range(nbx - 2, 0, -1):
-                    dnode[x] = np.float32((dnode[x] * dnode[x + 1] + u[x]) / 6.0)
-        else:
-            # one row of meshes: no y interpolation, and SExtractor then keeps
-            # the (zero) y-derivatives as x-derivatives: linear along x
-            for x in range(nbx):
-                node[x] = grid[0, x]
-                dnode[x] = dgrid[0, x]
+    if nby > 1:
+        dy = np.float32(np.float32(y) / np.float32(bh) - 0.5)
+        yl = int(dy)
+        dy -= np.float32(yl)
+        if yl < 0:
+            yl = 0
+            dy -= np.float32(1.0)
+        elif yl >= nby - 1:
+            yl = 0 if nby < 2 else nby - 2
+            dy += np.float32(1.0)
+        cdy = np.float32(1.0) - dy
+        dy3 = dy * dy * dy - dy
+        cdy3 = cdy * cdy * cdy - cdy
+        for x in range(nbx):
+            node[x] = (cdy * grid[yl, x] + dy * grid[yl + 1, x] + cdy3 * dgrid[yl, x]
+                       + dy3 * dgrid[yl + 1, x])
         if nbx > 1:
-            if bw == 1:
-                for j in range(width):
-                    out[y, j] = node[j] if j < nbx else node[nbx - 1]
-            else:
-                xstep = np.float32(1.0) / np.float32(bw)
-                changepoint = bw // 2
-                dx = (xstep - np.float32(1.0)) / np.float32(2.0)
-                dx0 = np.float32((bw + 1) % 2) * xstep / np.float32(2.0)
-                lo = 0
-                xm = 0
-                i = 0
-                for j in range(width):
-                    if i == changepoint and xm > 0 and xm < nbxm1:
-                        lo += 1
-                        dx = dx0
-                    cdx = np.float32(1.0) - dx
-                    out[y, j] = (cdx * (node[lo] + (cdx * cdx - np.float32(1.0)) * dnode[lo])
-                                 + dx * (node[lo + 1] + (dx * dx - np.float32(1.0))
-                                         * dnode[lo + 1]))
-                    if i == bw:
-                        xm += 1
-                        i = 0
-                    i += 1
-                    dx += xstep
-        else:
+            dnode[0] = 0.0
+            u[0] = 0.0
+            for x in range(1, nbxm1):
+                temp = np.float32(-1.0) / (dnode[x - 1] + np.float32(4.0))
+                dnode[x] = temp
+                temp *= u[x - 1] - np.float32(6.0) * (node[x + 1] + node[x - 1]
+                                                      - np.float32(2.0) * node[x])
+                u[x] = temp
+            dnode[nbxm1] = 0.0
+            for x in range(nbx - 2, 0, -1):
+                dnode[x] = np.float32((dnode[x] * dnode[x + 1] + u[x]) / 6.0)
+    else:
+        # one row of meshes: no y interpolation, and SExtractor then keeps
+        # the (zero) y-derivatives as x-derivatives: linear along x
+        for x in range(nbx):
+            node[x] = grid[0, x]
+            dnode[x] = dgrid[0, x]
+    if nbx > 1:
+        if bw == 1:
             for j in range(width):
-                out[y, j] = node[0]
+                out[y, j] = node[j] if j < nbx else node[nbx - 1]
+        else:
+            xstep = np.float32(1.0) / np.float32(bw)
+            changepoint = bw // 2
+            dx = (xstep - np.float32(1.0)) / np.float32(2.0)
+            dx0 = np.float32((bw + 1) % 2) * xstep / np.float32(2.0)
+            lo = 0
+            xm = 0
+            i = 0
+            for j in range(width):
+                if i == changepoint and xm > 0 and xm < nbxm1:
+                    lo += 1
+                    dx = dx0
+                cdx = np.float32(1.0) - dx
+                out[y, j] = (cdx * (node[lo] + (cdx * cdx - np.float32(1.0)) * dnode[lo])
+                             + dx * (node[lo + 1] + (dx * dx - np.float32(1.0))
+                                     * dnode[lo + 1]))
+                if i == bw:
+                    xm += 1
+                    i = 0
+                i += 1
+                dx += xstep
+    else:
+        for j in range(width):
+            out[y, j] = node[0]
 
 
 def background_map(grid, shape, mesh_size):
@@ -501,7 +588,9 @@ def background_map(grid, shape, mesh_size):
     """
     grid = np.ascontiguousarray(grid, dtype=np.float32)
     out = np.empty(shape, np.float32)
-    _spline_map(grid, _spline_y(grid), int(mesh_size[0]), int(mesh_size[1]), out)
+    _parallel.ranges(_spline_rows, shape[0], 64, _parallel.readonly(grid),
+                     _parallel.readonly(_spline_y(grid)), int(mesh_size[0]), int(mesh_size[1]),
+                     out)
     return out
 
 
@@ -518,7 +607,7 @@ def _mesh_geometry(shape, back_size, filter_size):
 
 
 def mesh_statistics(data, *, valid=None, wvar=None, wthresh=BIG, back_size=64,
-                    filter_size=3, filter_thresh=0.0):
+                    filter_size=3, filter_thresh=0.0, weight_stats=True):
     """SExtractor's mesh background statistics of an image.
 
     Parameters
@@ -536,6 +625,10 @@ def mesh_statistics(data, *, valid=None, wvar=None, wthresh=BIG, back_size=64,
         Variance threshold above which a pixel counts as unweighted.
     back_size, filter_size, filter_thresh
         ``BACK_SIZE``, ``BACK_FILTERSIZE``, ``BACK_FILTTHRESH``.
+    weight_stats : bool
+        Compute the statistics of ``wvar`` (False: ``wvar`` only excludes
+        pixels, and ``weight`` is None; they are needed only to rescale
+        relative weights).
 
     Returns
     -------
@@ -543,21 +636,24 @@ def mesh_statistics(data, *, valid=None, wvar=None, wthresh=BIG, back_size=64,
     weight : MeshStatistics or None
         Statistics of ``wvar`` (None when it is not given).
     """
-    data = np.ascontiguousarray(data, dtype=np.float32)
+    data = _parallel.readonly(np.ascontiguousarray(data, dtype=np.float32))
     if data.ndim != 2:
         raise ValueError(f"background: expected a 2-D image, got shape {data.shape}")
-    valid = (np.ones(data.shape, bool) if valid is None
-             else np.ascontiguousarray(valid, dtype=bool))
+    # a 1x1 `valid` tells the kernels that every pixel has data
+    valid = _parallel.readonly(np.ones((1, 1), bool) if valid is None
+                               else np.ascontiguousarray(valid, dtype=bool))
     use_w = wvar is not None
-    w = (np.ascontiguousarray(wvar, dtype=np.float32) if use_w
-         else np.zeros((1, 1), np.float32))
+    want_w = use_w and bool(weight_stats)
+    w = _parallel.readonly(np.ascontiguousarray(wvar, dtype=np.float32) if use_w
+                           else np.zeros((1, 1), np.float32))
     bw, bh, fw, fh = _mesh_geometry(data.shape, back_size, filter_size)
-    back, sigma, wback, wsigma = _mesh_grid(data, valid, w, use_w, np.float32(wthresh), bw, bh)
+    back, sigma, wback, wsigma = _mesh_grid_stats(data, valid, w, use_w, want_w,
+                                                  np.float32(wthresh), bw, bh)
     fthresh = np.float32(filter_thresh)
     fb, fs, bmean, bsig = _filterback(back, sigma, fw, fh, fthresh)
     image = MeshStatistics(fb, fs, float(bmean), float(bsig), (bw, bh))
     weight = None
-    if use_w:
+    if want_w:
         wfb, wfs, wbmean, wbsig = _filterback(wback, wsigma, fw, fh, fthresh)
         weight = MeshStatistics(wfb, wfs, float(wbmean), float(wbsig), (bw, bh))
     return image, weight

@@ -37,6 +37,9 @@ import math
 import numba
 import numpy as np
 
+from . import _parallel
+from ._sort import argsort_small, sort_inplace
+
 __all__ = ["ANALYSIS_FIELDS", "analyse_detections", "CLEAN_ZONE", "neighbour_pairs",
            "clean_and_order", "clean_margin", "strip_geometry"]
 
@@ -97,7 +100,7 @@ def _clean_level(tpix, minarea):
                     heap[j] = sw
                     j = k
         else:
-            heap.sort()
+            sort_inplace(heap)
         h -= 1
     return heap[0]
 
@@ -380,8 +383,10 @@ def analyse_detections(det, data, params, *, backsig, mesh, pixel_lists, centre=
     offsets, index = pixel_lists
     thr = det.thresh
     thr_is_map = np.ndim(thr) == 2
-    thr_arr = (np.ascontiguousarray(thr, dtype=np.float32) if thr_is_map
-               else np.full((1, 1), thr, np.float32))
+    ro = _parallel.readonly
+    thr_arr = ro(np.ascontiguousarray(thr, dtype=np.float32) if thr_is_map
+                 else np.full((1, 1), thr, np.float32))
+    filt = ro(np.ascontiguousarray(det.filtered, dtype=np.float32))
     merged = (objs["flag"] & 1).astype(np.bool_)  # sep.OBJ_MERGED: deblended
     cen = np.full((n, 2), np.nan) if centre is None else np.asarray(centre, np.float64)
     cenx = np.where(np.isfinite(cen[:, 0]), cen[:, 0], objs["x"]).astype(np.float64)
@@ -389,14 +394,14 @@ def analyse_detections(det, data, params, *, backsig, mesh, pixel_lists, centre=
     mom = np.zeros((n, 11), np.float64)
     box = np.zeros((n, 5), np.int64)
     pk = np.zeros((n, 2), np.int64)
-    _moments(offsets, index, width, det.filtered, merged, cenx, ceny, mom, box, pk)
+    _moments(offsets, index, width, filt, merged, cenx, ceny, mom, box, pk)
     backsig32 = np.float32(backsig)
     out_i = np.zeros((n, 4), np.int64)
     out_f = np.zeros((n, 8), np.float32)
     out_d = np.zeros((n, 3), np.float64)
     bw, bh = mesh.mesh_size
-    _analyse(offsets, index, width, np.ascontiguousarray(data, dtype=np.float32),
-             det.filtered, thr_arr, thr_is_map, np.ascontiguousarray(mom[:, 0]),
+    _analyse(offsets, index, width, ro(np.ascontiguousarray(data, dtype=np.float32)),
+             filt, thr_arr, thr_is_map, np.ascontiguousarray(mom[:, 0]),
              np.ascontiguousarray(mom[:, 1]), mom[:, 5].astype(np.float32),
              mom[:, 6].astype(np.float32), box[:, 4].astype(np.bool_),
              max(int(params["DETECT_MINAREA"]), 1), float(backsig32 * backsig32), float(gain),
@@ -623,7 +628,7 @@ def _simulate(order, yc, mx, my, a, b, cxx, cyy, cxy, abcor, fdflux0, fdnpix0, d
                     keep = False
                 elif nv:
                     # the newcomer eats its menu, highest list position first
-                    srt = np.argsort(vpos[:nv])
+                    srt = argsort_small(vpos[:nv])
                     for t in range(nv - 1, -1, -1):
                         j = victims[srt[t]]
                         absorber[j] = i

@@ -35,12 +35,16 @@ done by :mod:`galseg.extract.clean`.
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 import sep
+
+from . import _parallel
 
 __all__ = [
     "detection_kernel",
@@ -113,16 +117,32 @@ def _axpy(orow, irow, m, d0, s0, n):
         o[i] += m * s[i]
 
 
-@numba.njit(cache=True)
-def _correlate(image, kernel, out):
+@numba.njit(cache=True, inline="never")
+def _axpy_sq(orow, irow, m, d0, s0, n):
+    # as _axpy, on the squares of the input (single precision, as a variance
+    # map made from an rms map holds them)
+    o = orow[d0:d0 + n]
+    s = irow[s0:s0 + n]
+    for i in range(n):
+        v = s[i]
+        o[i] += m * (v * v)
+
+
+@numba.njit(cache=True, nogil=True)
+def _correlate(y0, y1, image, kernel, out, square, tfac):
+    """Rows ``y0..y1-1`` of ``out = image (x) kernel`` (of ``image**2`` with
+    ``square``); with ``tfac > 0``, each output row is then turned into the
+    detection threshold ``tfac * sqrt(row)`` while it is in cache
+    (`_threshold`)."""
     height, width = image.shape
     kh, kw = kernel.shape
     kh2 = kh // 2
     kw2 = kw // 2
     block = 1024  # columns per pass: the rows involved stay in cache
-    for y in range(height):
+    for y in range(y0, y1):
         orow = out[y]
-        orow[:] = np.float32(0.0)
+        for x in range(width):
+            orow[x] = np.float32(0.0)
         for b0 in range(0, width, block):
             b1 = min(b0 + block, width)
             # each output pixel accumulates the kernel terms in kernel order
@@ -135,8 +155,14 @@ def _correlate(image, kernel, out):
                     dmx = c - kw2
                     x0 = max(b0, -dmx)
                     x1 = min(b1, width - dmx)
-                    if x1 > x0:
+                    if x1 <= x0:
+                        continue
+                    if square:
+                        _axpy_sq(orow, irow, kernel[r, c], x0, x0 + dmx, x1 - x0)
+                    else:
                         _axpy(orow, irow, kernel[r, c], x0, x0 + dmx, x1 - x0)
+        if tfac > 0.0:
+            _threshold_row(orow, tfac)
 
 
 def filter_image(image, kernel):
@@ -155,19 +181,36 @@ def filter_image(image, kernel):
     -------
     ndarray of float32
     """
-    img = np.ascontiguousarray(image, dtype=np.float32)
-    k = np.ascontiguousarray(kernel, dtype=np.float32)
-    out = np.empty_like(img)
-    _correlate(img, k, out)
+    return _filter(image, kernel)
+
+
+def _filter(image, kernel, square=False, out=None, thresh_factor=0.0):
+    """`filter_image`; with ``square``, of ``image**2`` (float32 squares);
+    with ``thresh_factor``, the relative threshold map of the filtered
+    variance (`threshold_map`) in the same pass."""
+    img = _parallel.readonly(np.ascontiguousarray(image, dtype=np.float32))
+    k = _parallel.readonly(np.ascontiguousarray(kernel, dtype=np.float32))
+    if out is None:
+        out = np.empty(img.shape, np.float32)
+    _parallel.ranges(_correlate, img.shape[0], 64, img, k, out, bool(square),
+                     float(thresh_factor))
     return out
 
 
 @numba.njit(cache=True)
+def _threshold_row(row, t):
+    for i in range(row.size):
+        v = np.float64(row[i])
+        row[i] = np.float32(t * math.sqrt(v)) if v >= 0.0 else np.float32(np.nan)
+
+
+@numba.njit(cache=True)
 def _threshold(fvar, t, out):
-    for i in range(fvar.size):
+    n = fvar.size
+    for i in range(n):
         v = np.float64(fvar[i])
-        # negative filtered variance (kernels with negative weights): NaN, a
-        # threshold nothing exceeds, as sqrt() gives SExtractor
+        # negative filtered variance (kernels with negative weights): NaN,
+        # a threshold nothing exceeds, as sqrt() gives SExtractor
         out[i] = np.float32(t * math.sqrt(v)) if v >= 0.0 else np.float32(np.nan)
 
 
@@ -237,6 +280,9 @@ class Detection:
         Vertical extent of each object's detection.
     pixstack, sub_object_limit : int
         The sep limits the extraction ran with.
+    strips : tuple of int
+        The rows at which the image was cut to run sep on several horizontal
+        strips at once (empty: one run); no detection crosses them.
     """
 
     objects: np.ndarray
@@ -251,6 +297,7 @@ class Detection:
     parent_ymax: np.ndarray
     pixstack: int
     sub_object_limit: int
+    strips: tuple = ()
 
     def subset(self, keep):
         """The same detections with only the objects ``keep`` (bool mask)."""
@@ -259,7 +306,7 @@ class Detection:
         return Detection(self.objects[keep], lut[self.segmap], self.filtered, self.thresh,
                          self.above, self.chain_off, self.chain_pix, self.parent[keep],
                          self.parent_ymin[keep], self.parent_ymax[keep], self.pixstack,
-                         self.sub_object_limit)
+                         self.sub_object_limit, self.strips)
 
 
 _PIXSTACK_RE = re.compile(r"pixel|pixstack", re.IGNORECASE)
@@ -280,10 +327,11 @@ def _extract_growing(image, err, minarea, nthresh, mincont, pixstack, max_pixsta
         while True:
             sep.set_extract_pixstack(stack)
             try:
-                objs, seg = sep.extract(
-                    image, 1.0, err=err, minarea=minarea, filter_kernel=None,
-                    deblend_nthresh=nthresh, deblend_cont=mincont, clean=False,
-                    segmentation_map=True)
+                with _parallel.small_pages():
+                    objs, seg = sep.extract(
+                        image, 1.0, err=err, minarea=minarea, filter_kernel=None,
+                        deblend_nthresh=nthresh, deblend_cont=mincont, clean=False,
+                        segmentation_map=True)
                 return objs, seg, stack, sep.get_sub_object_limit()
             except Exception as exc:  # sep raises plain Exception subclasses
                 msg = str(exc)
@@ -356,7 +404,175 @@ def _object_parents(coff, cpix, seg, n):
     return parent
 
 
-def detect(filtered, thresh, params):
+# ------------------------------------------------------------------ parallel strips
+#: sep's cost (seconds) per image pixel scanned and per detected pixel
+#: (deblending), measured on the benchmark fields.
+_SEP_COST_PIXEL = 1.3e-9
+_SEP_COST_DETECTED = 5.7e-7
+#: Least estimated sep time (s) worth running strips in forked processes
+#: (forking a process holding several full-frame arrays costs ~0.1 s).
+STRIP_MIN_SECONDS = 0.4
+
+
+@numba.njit(cache=True)
+def _row_counts(cpix, width, height):
+    counts = np.zeros(height, np.int64)
+    for q in range(cpix.size):
+        counts[cpix[q] // width] += 1
+    return counts
+
+
+def _strip_rows(cpix, ymin, ymax, shape, nstrips):
+    """Rows at which to cut the image into ``nstrips`` strips of similar work.
+
+    A cut row lies outside the vertical extent of every detection, so that
+    sep finds exactly the same objects in the strips (each strip includes its
+    cut rows) as in the whole image.  Returns the cut rows (possibly fewer
+    than ``nstrips - 1``, none when no row qualifies).
+    """
+    height, width = shape
+    if nstrips < 2 or height < 8:
+        return ()
+    cover = np.zeros(height + 1, np.int64)
+    np.add.at(cover, ymin, 1)
+    np.add.at(cover, ymax + 1, -1)
+    free = np.flatnonzero(np.cumsum(cover[:-1]) == 0)
+    free = free[(free > 0) & (free < height - 1)]
+    if free.size == 0:
+        return ()
+    # sep's work: a scan of every pixel, and much more per detected pixel
+    ratio = int(_SEP_COST_DETECTED / _SEP_COST_PIXEL)
+    work = np.cumsum(width + ratio * _row_counts(cpix, width, height))
+    total = float(work[-1])
+    cuts = []
+    for k in range(1, nstrips):
+        i = int(np.argmin(np.abs(work[free] - total * k / nstrips)))
+        r = int(free[i])
+        if (not cuts or r > cuts[-1]) and work[r] > 0.1 * total / nstrips \
+                and total - work[r] > 0.1 * total / nstrips:
+            cuts.append(r)
+    return tuple(cuts)
+
+
+@numba.njit(cache=True)
+def _gather_labels(seg, pix, base):
+    """Labels of the flat pixels ``pix`` of an image, in a strip starting at
+    flat index ``base``."""
+    out = np.empty(pix.size, np.int32)
+    flat = seg.reshape(-1)
+    for q in range(pix.size):
+        out[q] = flat[pix[q] - base]
+    return out
+
+
+@numba.njit(cache=True)
+def _scatter_labels(seg, pix, labels, offset):
+    flat = seg.reshape(-1)
+    for q in range(pix.size):
+        v = labels[q]
+        flat[pix[q]] = v + offset if v else 0
+
+
+_Y_FIELDS = ("y", "ymin", "ymax", "ycpeak", "ypeak")
+
+
+def _extract_strips(image, err, args, cuts, coff, cpix, chain_ymax):
+    """`_extract_growing` on horizontal strips, the first in this process and
+    the others in forked child processes at the same time; the results are
+    those of one run on the whole image (see `_strip_rows`), except for the
+    random sharing sep draws for detections it deblends (galseg redoes that
+    sharing; the engine runs sep once more on the whole image in the rare
+    case where it keeps sep's).
+
+    sep labels only the pixels of detections, so a child sends back, with
+    its objects, the labels of its detections' pixels (``cpix``), not its
+    segmentation map.
+    """
+    import gc
+    import pickle
+    import warnings
+
+    height, width = image.shape
+    bounds = [0, *cuts, height - 1]
+    nstrip = len(bounds) - 1
+    # detections (completion order) of each strip, as ranges of chains
+    first_chain = np.searchsorted(chain_ymax, np.asarray(bounds[1:-1]), side="left")
+    chain_lo = [0, *first_chain.tolist()]
+    chain_hi = [*first_chain.tolist(), len(coff) - 1]
+
+    def run(k):
+        a, b = bounds[k], bounds[k + 1]
+        e = err if np.ndim(err) == 0 else err[a:b + 1]
+        objs, sseg, stack, sublim = _extract_growing(image[a:b + 1], e, *args)
+        pix = cpix[coff[chain_lo[k]]:coff[chain_hi[k]]]
+        labels = _gather_labels(np.ascontiguousarray(sseg, dtype=np.int32), pix, a * width)
+        return objs, labels, stack, sublim
+
+    children = []
+    for k in range(1, nstrip):
+        rfd, wfd = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+            pid = os.fork()
+        if pid == 0:  # child: one strip, its results through the pipe
+            status = 1
+            try:
+                gc.disable()
+                os.close(rfd)
+                payload = pickle.dumps(run(k), protocol=pickle.HIGHEST_PROTOCOL)
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(wfd, view):]
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(wfd)
+        children.append((k, pid, rfd))
+
+    parts = {}
+    try:
+        parts[0] = run(0)
+    finally:
+        for k, pid, rfd in children:
+            chunks = []
+            with os.fdopen(rfd, "rb") as f:
+                while True:
+                    chunk = f.read(1 << 22)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            _, status = os.waitpid(pid, 0)
+            if status == 0 and chunks:
+                parts[k] = pickle.loads(b"".join(chunks))
+    with _parallel.small_pages():  # filled only on the detected pixels (see _small_pages)
+        seg = np.zeros((height, width), np.int32)
+    allobjs = []
+    offset = 0
+    for k in range(nstrip):
+        if k not in parts:  # the child failed: this strip here
+            parts[k] = run(k)
+        objs, labels, _, _ = parts[k]
+        if k:
+            objs = objs.copy()
+            for f in _Y_FIELDS:
+                objs[f] += bounds[k]
+        _scatter_labels(seg, cpix[coff[chain_lo[k]]:coff[chain_hi[k]]], labels, offset)
+        allobjs.append(objs)
+        offset += len(objs)
+    return (np.concatenate(allobjs), seg, max(p[2] for p in parts.values()),
+            max(p[3] for p in parts.values()))
+
+
+def _default_strips(shape, ndetected):
+    """How many strips `detect` cuts an image into: one per numba thread on
+    Linux (fork), when sep's estimated time exceeds `STRIP_MIN_SECONDS`."""
+    est = _SEP_COST_PIXEL * shape[0] * shape[1] + _SEP_COST_DETECTED * ndetected
+    if not sys.platform.startswith("linux") or est < STRIP_MIN_SECONDS:
+        return 1
+    return max(1, numba.get_num_threads())
+
+
+def detect(filtered, thresh, params, *, strips=None):
     """Segment and deblend a filtered image against a threshold (map).
 
     Parameters
@@ -370,12 +586,19 @@ def detect(filtered, thresh, params):
     params : Params
         Uses ``DETECT_MINAREA``, ``DEBLEND_NTHRESH``, ``DEBLEND_MINCONT``,
         ``MEMORY_PIXSTACK``.
+    strips : int, optional
+        Run sep on up to this many horizontal strips at once (forked
+        processes; cut between detections, so that the objects are the same).
+        Default: one per numba thread on Linux when sep's work is large
+        (`STRIP_MIN_SECONDS`), else 1.
 
     Returns
     -------
     Detection
     """
     image = np.ascontiguousarray(filtered, dtype=np.float32)
+    if not image.flags.writeable:  # sep takes writeable buffers only
+        image = image.copy()
     width = image.shape[1]
     minarea = max(int(params["DETECT_MINAREA"]), 1)
     scalar = np.ndim(thresh) == 0
@@ -388,10 +611,20 @@ def detect(filtered, thresh, params):
     pixstack = min(max(int(params["MEMORY_PIXSTACK"]), 300000), enough)
     args = (minarea, int(params["DEBLEND_NTHRESH"]), float(params["DEBLEND_MINCONT"]),
             pixstack, enough)
+    nstrips = (_default_strips(image.shape, int(coff[-1])) if strips is None
+               else max(int(strips), 1))
+
+    def extract(err):
+        if nstrips > 1:
+            cuts = _strip_rows(cpix, ymin, ymax, image.shape, nstrips)
+            if cuts:
+                return (*_extract_strips(image, err, args, cuts, coff, cpix, ymax), cuts)
+        return (*_extract_growing(image, err, *args), ())
+
     if scalar:
         ymin, ymax = _chain_levels(coff, cpix, width, np.zeros(1, np.float32), False,
                                    np.zeros(1, np.float32))
-        objs, seg, stack, sublim = _extract_growing(image, float(np.float32(thresh)), *args)
+        objs, seg, stack, sublim, cuts = extract(float(np.float32(thresh)))
     else:
         # Inside each detection, its minimum pixel threshold everywhere: sep
         # then deblends from SExtractor's base level (see module docstring).
@@ -403,7 +636,7 @@ def detect(filtered, thresh, params):
         saved = np.empty(cpix.size, np.float32)
         ymin, ymax = _chain_levels(coff, cpix, width, thr_flat, True, saved)
         try:
-            objs, seg, stack, sublim = _extract_growing(image, thr, *args)
+            objs, seg, stack, sublim, cuts = extract(thr)
         finally:
             _restore(cpix, thr_flat, saved)
         thresh = thr
@@ -413,7 +646,7 @@ def detect(filtered, thresh, params):
         raise RuntimeError("sep's detections do not match SExtractor's segmentation "
                            "(internal error; please report)")
     return Detection(objs, seg, image, thresh, above, coff, cpix, parent, ymin[parent],
-                     ymax[parent], stack, sublim)
+                     ymax[parent], stack, sublim, tuple(cuts))
 
 
 # --------------------------------------------------------------------------- Lutz pixel order
@@ -429,6 +662,8 @@ def _lutz_chains(mask, minarea):
     that order (CSR: ``offsets``, ``pixels``).
     """
     height, width = mask.shape
+    if height == 0 or width == 0:
+        return np.zeros(1, np.int64), np.zeros(0, np.int64)
     ndet = 0
     for y in range(height):
         for x in range(width):
@@ -458,8 +693,23 @@ def _lutz_chains(mask, minarea):
     for yl in range(height + 1):
         ps = COMPLETE
         cs = NONOBJECT
-        for xl in range(width + 1):
-            on = xl < width and yl < height and mask[yl, xl]
+        row = mask[min(yl, height - 1)]
+        inside = yl < height
+        xl = -1
+        while True:
+            xl += 1
+            if cs != OBJECT:
+                # nothing happens on a pixel that is off, without a marker,
+                # outside a segment: go to the next one that matters
+                if inside:
+                    while xl < width and not row[xl] and marker[xl] == 0:
+                        xl += 1
+                else:
+                    while xl < width and marker[xl] == 0:
+                        xl += 1
+            if xl > width:
+                break
+            on = xl < width and inside and row[xl]
             newmarker = marker[xl]
             marker[xl] = 0
             cur = -1
@@ -592,6 +842,7 @@ def lutz_pixel_order(mask, minarea):
         Detection ``k`` (in completion order) has the flat pixel indices
         ``pixels[offsets[k]:offsets[k + 1]]``, in its pixel-list order.
     """
+    # (writeable, as the deblender's own calls: one compiled version)
     return _lutz_chains(np.ascontiguousarray(mask, dtype=np.bool_), int(minarea))
 
 
@@ -897,10 +1148,19 @@ def _share_pixels(seg, width, cd, data, thr, thr_is_map, weighted, coff, cpix, p
             for c in range(nch):
                 # the core's own pixel-list order (the deblender's Lutz scan)
                 qs = cq[coff3[c]:coff3[c + 1]]
-                cx0 = px[qs].min()
-                cy0 = py[qs].min()
-                cw = px[qs].max() - cx0 + 1
-                core = np.zeros((py[qs].max() - cy0 + 1, cw), np.bool_)
+                ncq = qs.size
+                # (explicit loops rather than fancy indexing: quicker to compile)
+                cx0 = px[qs[0]]
+                cy0 = py[qs[0]]
+                cx1 = cx0
+                cy1 = cy0
+                for q in qs:
+                    cx0 = min(cx0, px[q])
+                    cx1 = max(cx1, px[q])
+                    cy0 = min(cy0, py[q])
+                    cy1 = max(cy1, py[q])
+                cw = cx1 - cx0 + 1
+                core = np.zeros((cy1 - cy0 + 1, cw), np.bool_)
                 for q in qs:
                     core[py[q] - cy0, px[q] - cx0] = True
                 coff2, cpix2 = _lutz_chains(core, 1)
@@ -909,12 +1169,21 @@ def _share_pixels(seg, width, cd, data, thr, thr_is_map, weighted, coff, cpix, p
                     lx = cpix2[j] - ly * cw
                     qs[j] = grid[(ly + cy0 - y0) * bw + (lx + cx0 - x0)]
                 tmin = np.float32(3.0e38)
-                for q in qs:
+                gx = np.empty(ncq, np.int64)
+                gy = np.empty(ncq, np.int64)
+                gc = np.empty(ncq, np.float32)
+                gd = np.empty(ncq, np.float32)
+                for j in range(ncq):
+                    q = qs[j]
                     if tv[q] < tmin:
                         tmin = tv[q]
+                    gx[j] = px[q]
+                    gy[j] = py[q]
+                    gc[j] = cdv[q]
+                    gd[j] = dv[q]
                 th = tmin if weighted else lthr[c]
                 (cmx[c], cmy[c], ca[c], cb[c], ccxx[c], ccyy[c], ccxy[c], cabcor[c],
-                 cpeak[c]) = _core_moments(px[qs], py[qs], cdv[qs], dv[qs], th, weighted)
+                 cpeak[c]) = _core_moments(gx, gy, gc, gd, th, weighted)
         if not good:
             # keep sep's children; SExtractor's pixel order along the detection
             for c in range(nch):
@@ -1021,18 +1290,20 @@ def sextractor_pixel_lists(det, data, params, *, weighted=False):
     info : dict
         ``reshared`` (children whose sharing was redone), ``kept`` (children
         of detections where sep's sharing had to be kept: core not
-        recognised), ``rand_calls``.
+        recognised), ``kept_index`` (those children), ``rand_calls``.
     """
     objs = det.objects
     n = len(objs)
     width = det.segmap.shape[1]
     if n == 0:
         return (np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros((0, 2)),
-                {"reshared": 0, "kept": 0, "rand_calls": 0})
+                {"reshared": 0, "kept": 0, "kept_index": np.zeros(0, np.int64),
+                 "rand_calls": 0})
     thr = det.thresh
     thr_is_map = np.ndim(thr) == 2
-    thr_flat = (np.ascontiguousarray(thr, dtype=np.float32).reshape(-1) if thr_is_map
-                else np.full(1, thr, np.float32))
+    ro = _parallel.readonly
+    thr_flat = ro(np.ascontiguousarray(thr, dtype=np.float32).reshape(-1) if thr_is_map
+                  else np.full(1, thr, np.float32))
     seg = det.segmap.reshape(-1)
     if not np.shares_memory(seg, det.segmap):
         raise RuntimeError("segmentation map must be C-contiguous")
@@ -1043,12 +1314,13 @@ def sextractor_pixel_lists(det, data, params, *, weighted=False):
     ok = np.zeros(n, np.int64)
     rng = _glibc_srand(1)
     ncalls = np.zeros(n, np.int64)
-    _share_pixels(seg, width, det.filtered.reshape(-1),
-                  np.ascontiguousarray(data, np.float32).reshape(-1), thr_flat, thr_is_map,
+    _share_pixels(seg, width, ro(np.ascontiguousarray(det.filtered, np.float32)).reshape(-1),
+                  ro(np.ascontiguousarray(data, np.float32)).reshape(-1), thr_flat, thr_is_map,
                   bool(weighted), coff, cpix, np.ascontiguousarray(det.parent, np.int64),
                   np.ascontiguousarray(objs["x"], np.float64),
                   np.ascontiguousarray(objs["y"], np.float64),
                   int(params["DEBLEND_NTHRESH"]), rng, out_off, out_idx, centre, ok, ncalls)
     return out_off, out_idx, centre, {"reshared": int(np.count_nonzero(ok == 1)),
                                       "kept": int(np.count_nonzero(ok == 0)),
+                                      "kept_index": np.flatnonzero(ok == 0),
                                       "rand_calls": int(ncalls.sum())}

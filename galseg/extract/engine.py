@@ -16,6 +16,15 @@ galseg's own in-process pipeline, faithful to SExtractor 2.25:
    SExtractor's ``NUMBER``;
 5. **measurement** (:func:`galseg.extract.measure.measure`): the catalogue.
 
+Cost: the pixel work runs in numba kernels on ``numba.get_num_threads()``
+threads (`galseg.extract._parallel`), sep on horizontal strips in forked
+processes when it has much to do (`galseg.extract.detect.detect`), so that a
+whole run costs a fraction of SExtractor's time.  Memory is the other budget:
+the science and rms arrays are used as they are whenever SExtractor would not
+change them (float32, zero ``BACK_VALUE``, no masked or unusable pixel), and
+besides them a run holds at most the filtered image, the threshold map, the
+segmentation map and byte maps (~4 float32 frames).
+
 ``method="sextractor"`` runs the SExtractor binary
 (:mod:`galseg.extract.backends.sextractor`) and ``method="photutils"`` the
 photutils backend (:mod:`galseg.extract.backends.photutils`).
@@ -23,6 +32,7 @@ photutils backend (:mod:`galseg.extract.backends.photutils`).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,14 +41,16 @@ import numba
 import numpy as np
 import sep
 
+from . import _parallel
+from ._kernels import PF_BLANK, PF_MERGED
+from ._parallel import readonly
 from .background import BIG, BackgroundResult, estimate_background, mesh_statistics
 from .clean import analyse_detections, clean_and_order, strip_geometry
-from .detect import detect, detection_kernel, filter_image, sextractor_pixel_lists, \
-    threshold_map
+from .detect import _filter, detect, detection_kernel, sextractor_pixel_lists, threshold_map
 from .params import Params
 from .result import ExtractionResult
-from .weights import WEIGHT_TYPES, interpolate_bad, noise_map, raw_variance, \
-    rescale_factor, rescale_variance, weight_threshold
+from .weights import WEIGHT_TYPES, _count_ge, _noise, _scan_rms, _set_where, _variance, \
+    interpolate_bad, rescale_factor, rescale_variance, weight_threshold
 
 __all__ = ["run", "detect_sources", "Sources", "METHODS", "OBJECT_FIELDS"]
 
@@ -78,38 +90,53 @@ class Sources:
     objects : structured ndarray
         One row per source in ``NUMBER`` order, fields `OBJECT_FIELDS`; see
         :func:`detect_sources`.
-    own_segmap : ndarray of int32
-        Like ``segmap`` but only on each source's own pixels: pixels that
-        CLEAN merged into it from swallowed detections are 0.
-    blank : ndarray of bool
-        Pixels SExtractor blanks while measuring (``MASK_TYPE`` BLANK/CORRECT):
-        all pixels above the detection threshold except those of swallowed
-        detections.
+    pixel_flags : ndarray of uint8
+        Per pixel, bit ``PF_BLANK`` (1): blanked while measuring other
+        sources (``MASK_TYPE`` BLANK/CORRECT): a pixel above the detection
+        threshold, except those of swallowed detections; bit ``PF_MERGED``
+        (4): a pixel that CLEAN merged into its source from a swallowed
+        detection.  `galseg.extract.measure.measure` takes it as
+        ``pixel_flags``; `blank` and `own_segmap` are derived from it.
     data : ndarray of float32
         Background-subtracted, interpolated science image (0 where masked).
+        Read-only, and the science image itself when nothing had to change
+        (float32 input, no masked pixel, zero background, no interpolation).
     rms : ndarray of float32
-        Absolute noise per pixel (``inf`` where no data).
+        Absolute noise per pixel (``inf`` where no data).  Read-only, and the
+        ``rms`` argument itself when that is exactly the noise used (float32
+        absolute rms without unusable pixels).
     background : BackgroundResult
-    filtered : ndarray of float32
-        The filtered detection image.
-    thresh : float or ndarray of float32
-        Detection threshold (per pixel, or constant).
+    filtered : ndarray of float32 or None
+        The filtered detection image (None when not kept).
+    thresh : float or ndarray of float32 or None
+        Detection threshold (per pixel, or constant; None when not kept).
     mask : ndarray of bool
-        Pixels with no usable data (user mask, non-finite science value).
+        Pixels with no usable data (user mask, non-finite science value); a
+        read-only all-False view when there are none.
     meta : dict
     """
 
     segmap: np.ndarray
     objects: np.ndarray
-    own_segmap: np.ndarray
-    blank: np.ndarray
+    pixel_flags: np.ndarray
     data: np.ndarray
     rms: np.ndarray
     background: BackgroundResult
-    filtered: np.ndarray
+    filtered: Any
     thresh: Any
     mask: np.ndarray
     meta: dict = field(default_factory=dict)
+
+    @property
+    def blank(self) -> np.ndarray:
+        """Pixels SExtractor blanks while measuring (bool map, computed)."""
+        return (self.pixel_flags & PF_BLANK) != 0
+
+    @property
+    def own_segmap(self) -> np.ndarray:
+        """Like `segmap` but only on each source's own pixels: pixels that CLEAN
+        merged into it from swallowed detections are 0 (int32 map, computed)."""
+        return np.where((self.pixel_flags & PF_MERGED) != 0, 0, self.segmap).astype(np.int32)
 
 
 def _native2d(arr, name, shape=None):
@@ -119,6 +146,21 @@ def _native2d(arr, name, shape=None):
     if shape is not None and a.shape != shape:
         raise ValueError(f"{name} shape {a.shape} differs from the science image shape {shape}")
     return a
+
+
+@numba.njit(cache=True)
+def _nonfinite(image, out):
+    """The number of non-finite pixels, and ``out = ~isfinite(image)`` unless
+    ``out`` has another size (then only the count)."""
+    n = image.size
+    store = out.size == n
+    count = 0
+    for i in range(n):
+        bad = not (abs(image[i]) < np.inf)  # NaN too; cheaper than isfinite
+        if store:
+            out[i] = bad
+        count += bad
+    return count
 
 
 def _roots(absorber):
@@ -178,6 +220,26 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
       the detection (8-connected group, in completion order) the source was
       deblended from; ``nmerged``: detections CLEAN merged into it.
     """
+    with _parallel.small_pages():
+        return _detect_sources(sci, rms=rms, wht=wht, var=var, params=params, header=header,
+                               mask=mask, keep_maps=True)
+
+
+def _readonly(a):
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def _native_f32(a):
+    """``a`` as native C-contiguous float32 (no copy when it already is), and
+    whether that is a private copy."""
+    out = np.ascontiguousarray(a, dtype=np.float32)
+    return out, not np.may_share_memory(out, a)
+
+
+def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, mask=None,
+                    keep_maps=True):
     if not isinstance(params, Params):
         params = Params(params)
     timings: dict[str, float] = {}
@@ -185,12 +247,26 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
     sci = _native2d(sci, "sci")
     shape = sci.shape
     height = shape[0]
-    image = np.array(sci, dtype=np.float32, order="C", copy=True)
-    hard = ~np.isfinite(image)
-    if mask is not None:
-        m = _native2d(mask, "mask", shape)
-        hard |= m.astype(bool)
-    image[hard] = 0.0
+    # Full-frame arrays are the memory budget: the science image is copied
+    # only if a pixel has to change (masked, background, interpolation), the
+    # variance map is made only if the rms map cannot serve as it is.
+    image, private = _native_f32(sci)
+    hard = None
+    nhard = int(_nonfinite(readonly(image).reshape(-1), np.zeros(1, np.bool_)))
+    if nhard or mask is not None:
+        hard = np.empty(shape, np.bool_)
+        _nonfinite(readonly(image).reshape(-1), hard.reshape(-1))
+        if mask is not None:
+            m = _native2d(mask, "mask", shape)
+            np.logical_or(hard, m.astype(bool, copy=False), out=hard)
+            nhard = int(np.count_nonzero(hard))
+    if nhard == 0:
+        hard = None
+    else:
+        if not private:
+            image = image.copy()
+            private = True
+        _set_where(image.reshape(-1), readonly(hard).reshape(-1), np.float32(0.0))
 
     wtype = params["WEIGHT_TYPE"][0].upper()
     if wtype not in WEIGHT_TYPES:
@@ -210,54 +286,86 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
 
     # ---- background statistics (with the raw variance map when weighted)
     wvar0 = nodata = None
+    rms_direct = None  # the rms map itself, when it is exactly the noise used
     wthresh = float(np.float32(BIG))
+    rescaled = wtype in ("MAP_WEIGHT", "MAP_VAR")
     if wmap is not None:
-        wvar0, nodata = raw_variance(wtype, wmap)
         wthresh = weight_threshold(wtype, params)
-        wvar0[hard] = np.float32(BIG)
+        if wtype == "MAP_RMS" and hard is None and wmap.dtype == np.float32 \
+                and wmap.dtype.isnative and wmap.flags.c_contiguous:
+            nbad, ninexact = _scan_rms(readonly(wmap).reshape(-1), np.float32(wthresh))
+            if nbad == 0 and ninexact == 0:
+                # every variance is below WEIGHT_THRESH: nothing is left out
+                # of the statistics or interpolated, and sqrt(rms**2) == rms
+                rms_direct = wmap
+        if rms_direct is None:
+            a = wmap if (wmap.dtype.kind == "f" and wmap.dtype.isnative
+                         and wmap.flags.c_contiguous) else np.ascontiguousarray(
+                wmap, dtype=np.float64 if wmap.dtype.kind != "f" else
+                wmap.dtype.newbyteorder("="))
+            wvar0, nodata, _nbad = _variance(wtype, a, want_nodata=rescaled)
+            if hard is not None:
+                _set_where(wvar0.reshape(-1), readonly(hard).reshape(-1), np.float32(BIG))
     image_mesh, weight_mesh = mesh_statistics(
-        image, valid=~hard, wvar=wvar0, wthresh=wthresh, back_size=params["BACK_SIZE"],
-        filter_size=params["BACK_FILTERSIZE"], filter_thresh=params["BACK_FILTTHRESH"])
+        image, valid=None if hard is None else ~hard, wvar=wvar0, wthresh=wthresh,
+        back_size=params["BACK_SIZE"], filter_size=params["BACK_FILTERSIZE"],
+        filter_thresh=params["BACK_FILTTHRESH"], weight_stats=rescaled)
     backsig = image_mesh.backsig
     sigfac = 1.0
     sigfac_measured = None
-    if wtype in ("MAP_WEIGHT", "MAP_VAR"):
+    if rescaled:
         sigfac_measured = rescale_factor(image_mesh, weight_mesh)
         if params["RESCALE_WEIGHTS"]:
             sigfac = sigfac_measured
         else:
             backsig = float(np.float32(backsig) / np.float32(sigfac_measured))
-    valid_bkg = ~hard if wvar0 is None else (~hard & (wvar0 < np.float32(wthresh)))
     need_rms_map = wtype == "BACKGROUND"
-    bkg = estimate_background(image, params, valid=valid_bkg, mesh=image_mesh,
-                              want_rms=need_rms_map)
+    bkg = estimate_background(image, params, mesh=image_mesh, want_rms=need_rms_map)
     timings["background"] = time.perf_counter() - t0
 
     # ---- absolute variance, interpolation of no-data pixels
     t1 = time.perf_counter()
-    data = image  # our private copy: background-subtracted in place
-    data -= bkg.background
+    back = bkg.background
+    const_back = back.strides == (0, 0)
+    if const_back and float(back.flat[0]) == 0.0:
+        data = image  # x - 0 == x: nothing to subtract
+    elif private:
+        data = image
+        data -= back
+    else:
+        data = np.subtract(image, back, dtype=np.float32)
+        private = True
     varmap = None
     n_interp = 0
-    if wmap is not None:
+    if wvar0 is not None:
         varmap = rescale_variance(wtype, wvar0, wmap, nodata, sigfac)
     elif need_rms_map:  # BACKGROUND: the interpolated mesh-sigma map, squared
         varmap = np.square(bkg.rms, dtype=np.float32)
+    del nodata
+    if varmap is not None and hard is not None:
+        _set_where(varmap.reshape(-1), readonly(hard).reshape(-1), np.float32(BIG))
     if varmap is not None:
-        varmap[hard] = np.float32(BIG)
         interp = params["INTERP_TYPE"][0].upper() if params["INTERP_TYPE"] else "NONE"
         if interp not in ("NONE", "VAR_ONLY", "ALL"):
             raise ValueError(f"INTERP_TYPE must be NONE, VAR_ONLY or ALL, got {interp!r}")
         if interp != "NONE" and wtype != "BACKGROUND":
-            nbad = int(np.count_nonzero(varmap >= np.float32(wthresh)))
-            interpolate_bad(data, varmap, wthresh, xlag=params["INTERP_MAXXLAG"],
-                            ylag=params["INTERP_MAXYLAG"], with_data=(interp == "ALL"))
-            n_interp = nbad - int(np.count_nonzero(varmap >= np.float32(wthresh)))
-        rmsmap = noise_map(varmap, hard)
-    else:
-        rmsmap = np.full(shape, np.float32(backsig), dtype=np.float32)
-        rmsmap[hard] = np.inf
-    data[hard] = 0.0
+            nbad = int(_count_ge(varmap.reshape(-1), np.float32(wthresh)))
+            if nbad:
+                if not private and interp == "ALL":
+                    data = data.copy()
+                    private = True
+                interpolate_bad(data, varmap, wthresh, xlag=params["INTERP_MAXXLAG"],
+                                ylag=params["INTERP_MAXYLAG"], with_data=(interp == "ALL"))
+                n_interp = nbad - int(_count_ge(varmap.reshape(-1), np.float32(wthresh)))
+    if hard is not None:
+        # masked pixels may have been interpolated: no data again (as
+        # SExtractor's noise map), before filtering
+        if varmap is not None:
+            _set_where(varmap.reshape(-1), readonly(hard).reshape(-1), np.float32(BIG))
+        if not private:
+            data = data.copy()
+            private = True
+        _set_where(data.reshape(-1), readonly(hard).reshape(-1), np.float32(0.0))
     timings["weights"] = time.perf_counter() - t1
 
     # ---- filtering and threshold
@@ -265,16 +373,39 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
     kernel = detection_kernel(params)
     # (without a filter the detection image is the data itself: nothing
     # downstream writes to either)
-    filtered = filter_image(data, kernel) if kernel is not None else data
-    weighted = varmap is not None
+    filtered = _filter(data, kernel) if kernel is not None else data
+    weighted = varmap is not None or rms_direct is not None
     if weighted and params["THRESH_TYPE"].upper() != "ABSOLUTE":
-        if kernel is not None:
-            fvar = filter_image(varmap, kernel)
+        tfac = float(np.float32(params["DETECT_THRESH"]))
+        if kernel is not None and tfac > 0.0:
+            # filtered variance and threshold in one pass
+            thresh = (_filter(rms_direct, kernel, square=True, thresh_factor=tfac)
+                      if varmap is None else _filter(varmap, kernel, thresh_factor=tfac))
+        elif kernel is not None:
+            fvar = (_filter(rms_direct, kernel, square=True) if varmap is None
+                    else _filter(varmap, kernel))
             thresh = threshold_map(params, fvar=fvar, out=fvar)
         else:
-            thresh = threshold_map(params, fvar=varmap)
+            if varmap is None:
+                varmap, _nodata, _nbad = _variance(wtype, rms_direct, want_nodata=False)
+                thresh = threshold_map(params, fvar=varmap, out=varmap)
+                varmap = None
+            else:
+                thresh = threshold_map(params, fvar=varmap)
     else:
         thresh = threshold_map(params, backsig=backsig)
+    # the noise map: the rms map itself, or sqrt(variance) in place of it
+    if rms_direct is not None:
+        rmsmap = rms_direct
+    elif varmap is not None:
+        rmsmap = varmap
+        _noise(varmap.reshape(-1), readonly(np.zeros(1, np.bool_) if hard is None else hard).reshape(-1),
+               varmap.reshape(-1))
+    else:
+        rmsmap = np.full(shape, np.float32(backsig), dtype=np.float32)
+        if hard is not None:
+            rmsmap[hard] = np.inf
+    del varmap, wvar0
     timings["filter"] = time.perf_counter() - t2
 
     # ---- segmentation + deblending (sep)
@@ -288,9 +419,18 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
 
     gain, satur = resolve_gain_saturation(params, header)
     off, idx, centre, share = sextractor_pixel_lists(det, data, params, weighted=weighted)
+    if det.strips and share["kept"] and (det.parent_ymin[share["kept_index"]]
+                                         > det.strips[0]).any():
+        # sep's own random sharing is kept for some children of a strip that
+        # sep did not scan first: only a single run draws its numbers in
+        # the whole image's order
+        del off, idx, centre, det
+        det = detect(filtered, thresh, params, strips=1)
+        off, idx, centre, share = sextractor_pixel_lists(det, data, params, weighted=weighted)
     props = analyse_detections(det, data, params, backsig=backsig, mesh=image_mesh,
                                pixel_lists=(off, idx), centre=centre, gain=gain,
                                weighted=weighted)
+    del off, idx, centre
     maxarea = int(params["DETECT_MAXAREA"])
     if maxarea > 0 and len(props) and (props["fdnpix"] > maxarea).any():
         # SExtractor skips these after deblending: not catalogued, not in the map
@@ -299,14 +439,28 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
     khe = None if kernel is None else kernel.shape[0]
     absorber, order = clean_and_order(props, props, det.parent_ymax + 1, params, height,
                                       kernel_height=khe)
-    objects, segmap, own, blank = _assemble(det, props, absorber, order, params, height, khe)
+    objects, lut, swallowed = _assemble_objects(det, props, absorber, order, params, height,
+                                                khe)
+    segmap, pixel_flags = _final_flag_maps(det, lut, swallowed)
+    ndetect = len(det.objects)
+    share["pixstack"], share["sub_object_limit"] = det.pixstack, det.sub_object_limit
+    share["strips"] = det.strips
+    det_thresh = thresh
+    del det, props
     timings["clean"] = time.perf_counter() - t4
 
+    if np.ndim(det_thresh) == 0:
+        thresh_meta = float(det_thresh)
+    else:
+        # a sample: the median of a full-frame map costs a sort of the image
+        step = max(1, int(math.sqrt(det_thresh.size / 1e6)))
+        sample = det_thresh[::step, ::step]
+        thresh_meta = {"min": float(np.min(det_thresh)), "median": float(np.median(sample))}
     meta = {
         "backend": "sep",
         "sep_version": sep.__version__,
         "nobj": int(len(objects)),
-        "ndetect": int(len(det.objects)),
+        "ndetect": int(ndetect),
         "nmerged": int(np.count_nonzero(absorber >= 0)),
         "weight_type": wtype,
         "weight_scale": float(sigfac),
@@ -320,18 +474,21 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
         "globalrms": float(backsig),
         "gain": float(gain),
         "satur_level": float(satur),
-        "detect_thresh": (float(thresh) if np.ndim(thresh) == 0
-                          else {"min": float(np.min(thresh)),
-                                "median": float(np.median(thresh))}),
+        "detect_thresh": thresh_meta,
         "thresh_type": params["THRESH_TYPE"].upper(),
         "deblend_reshared": int(share["reshared"]),
         "deblend_kept_sep": int(share["kept"]),
         "deblend_rand_calls": int(share["rand_calls"]),
-        "pixstack": int(det.pixstack),
-        "sub_object_limit": int(det.sub_object_limit),
+        "sep_strips": len(share["strips"]) + 1,
+        "pixstack": int(share["pixstack"]),
+        "sub_object_limit": int(share["sub_object_limit"]),
         "timings": timings,
     }
-    return Sources(segmap, objects, own, blank, data, rmsmap, bkg, filtered, thresh, hard, meta)
+    if not keep_maps:
+        filtered = det_thresh = None
+    mask_out = np.broadcast_to(np.False_, shape) if hard is None else hard
+    return Sources(segmap, objects, pixel_flags, _readonly(data), _readonly(rmsmap), bkg,
+                   filtered, det_thresh, mask_out, meta)
 
 
 def _iso_pb(det, params, height, kernel_height):
@@ -361,14 +518,52 @@ def _group_max(idx, values, n, own):
 
 
 def _assemble(det, props, absorber, order, params, height, kernel_height):
-    """Merge swallowed detections into their absorbers and number the survivors."""
+    """Merge swallowed detections into their absorbers and number the survivors.
+
+    Returns ``(objects, segmap, own, blank)``: the catalogue rows, the
+    relabelled segmentation map (``det.segmap``, relabelled in place), the
+    objects' own pixels (int32 map) and the blanked pixels (``det.above``,
+    changed in place).
+    """
+    objects, lut, swallowed = _assemble_objects(det, props, absorber, order, params, height,
+                                                kernel_height)
+    if len(det.objects) == 0:
+        empty = np.zeros(det.segmap.shape, np.int32)
+        return objects, empty, empty.copy(), det.above.copy()
+    own_lut = np.where(np.r_[True, swallowed], 0, lut).astype(np.int32)
+    segmap = det.segmap  # relabelled in place (with `own` and `blank`)
+    own = np.empty_like(segmap)
+    blank = det.above
+    _final_maps(segmap.reshape(-1), lut, own_lut, blank.reshape(-1), own.reshape(-1))
+    return objects, segmap, own, blank
+
+
+def _final_flag_maps(det, lut, swallowed):
+    """The relabelled segmentation map and the pixel-flag map (`Sources`),
+    made in place of ``det.segmap`` and ``det.above``."""
+    if len(det.objects) == 0:
+        return (np.zeros(det.segmap.shape, np.int32),
+                det.above.astype(np.uint8) * np.uint8(PF_BLANK))
+    segmap = det.segmap
+    flags = det.above.view(np.uint8)  # 0/1 == PF_BLANK: becomes the flag map
+    swl = np.r_[False, swallowed].astype(np.bool_)
+    _flag_maps(segmap.reshape(-1), lut, swl, flags.reshape(-1))
+    return segmap, flags
+
+
+def _assemble_objects(det, props, absorber, order, params, height, kernel_height):
+    """Catalogue rows of the survivors of CLEAN, in ``NUMBER`` order.
+
+    Returns ``(objects, lut, swallowed)``: ``lut[i + 1]`` is the final label of
+    raw object ``i`` (its survivor's ``NUMBER``), ``swallowed[i]`` whether
+    CLEAN merged it into another one.
+    """
     raw = det.objects
     nraw = len(raw)
     nout = len(order)
     objects = np.zeros(nout, dtype=OBJECT_FIELDS)
     if nraw == 0:
-        empty = np.zeros(det.segmap.shape, np.int32)
-        return objects, empty, empty.copy(), det.above.copy()
+        return objects, np.zeros(1, np.int32), np.zeros(0, bool)
 
     root = _roots(absorber)
     number = np.zeros(nraw, np.int64)
@@ -427,12 +622,21 @@ def _assemble(det, props, absorber, order, params, height, kernel_height):
 
     lut = np.zeros(nraw + 1, np.int32)
     lut[1:] = idx + 1
-    own_lut = np.where(np.r_[True, swallowed], 0, lut).astype(np.int32)
-    segmap = det.segmap  # relabelled in place (with `own` and `blank`)
-    own = np.empty_like(segmap)
-    blank = det.above
-    _final_maps(segmap.reshape(-1), lut, own_lut, blank.reshape(-1), own.reshape(-1))
-    return objects, segmap, own, blank
+    return objects, lut, swallowed
+
+
+@numba.njit(cache=True)
+def _flag_maps(seg, lut, swallowed, flags):
+    """Relabel ``seg`` through ``lut``; ``flags`` (the detected pixels, 0/1)
+    becomes the pixel-flag map: a swallowed detection's pixels are merged
+    into their survivor (``PF_MERGED``) and not blanked."""
+    n = seg.size
+    for i in range(n):
+        v = seg[i]
+        if v:
+            seg[i] = lut[v]
+            if swallowed[v]:
+                flags[i] = PF_MERGED
 
 
 @numba.njit(cache=True)
@@ -504,16 +708,17 @@ def run(sci, *, rms=None, wht=None, var=None, params, method="sep", header=None,
         return backend.run(sci, rms=rms, wht=wht, var=var, params=params, header=header,
                            wcs=wcs, mask=mask)
 
-    t0 = time.perf_counter()
-    src = detect_sources(sci, rms=rms, wht=wht, var=var, params=params, header=header,
-                         mask=mask)
     from .measure import measure
 
-    t1 = time.perf_counter()
-    catalog = measure(src.data, src.rms, src.segmap, src.objects, params, wcs=wcs,
-                      header=header, mask=src.mask, background=src.background.background,
-                      backsig=src.meta["backsig"], blank=src.blank,
-                      iso_segmap=src.own_segmap)
+    with _parallel.small_pages():
+        t0 = time.perf_counter()
+        src = _detect_sources(sci, rms=rms, wht=wht, var=var, params=params, header=header,
+                              mask=mask, keep_maps=False)
+        t1 = time.perf_counter()
+        # (the masked pixels have an infinite rms: no mask to pass on)
+        catalog = measure(src.data, src.rms, src.segmap, src.objects, params, wcs=wcs,
+                          header=header, background=src.background.background,
+                          backsig=src.meta["backsig"], pixel_flags=src.pixel_flags)
     meta = dict(src.meta)
     meta["timings"] = dict(meta["timings"], measure=time.perf_counter() - t1,
                            total=time.perf_counter() - t0)

@@ -17,15 +17,13 @@ detection image) is only used where SExtractor uses it (the Kron radius).
 from __future__ import annotations
 
 import math
-import threading
 import warnings
 
-import numba
 import numpy as np
 from astropy import units as u
 from astropy.table import Table
 
-from . import _kernels
+from . import _kernels, _parallel
 from .classstar import class_star, load_nnw
 from .params import Params
 from .presets import filter_kernel, nnw_path
@@ -53,23 +51,6 @@ _REQUIRED_FIELDS = ("x", "y", "a", "b", "theta", "cxx", "cyy", "cxy", "flag",
 _SEP_TO_SEX_FLAGS = ((0x0001, 2),    # SEP_OBJ_MERGED    -> OBJ_MERGED
                      (0x0002, 8),    # SEP_OBJ_TRUNC     -> OBJ_TRUNC
                      (0x0004, 64))   # SEP_OBJ_DOVERFLOW -> OBJ_DOVERFLOW
-
-
-# numba's "workqueue" threading layer (used where neither OpenMP nor TBB is
-# available) aborts on concurrent calls from several threads: serialise the
-# parallel kernel unless the layer in use is thread-safe.
-_KERNEL_LOCK = threading.Lock()
-_KERNEL_THREADSAFE = False
-
-
-def _measure_objects(*args):
-    global _KERNEL_THREADSAFE
-    if _KERNEL_THREADSAFE:
-        return _kernels.measure_objects(*args)
-    with _KERNEL_LOCK:
-        out = _kernels.measure_objects(*args)
-        _KERNEL_THREADSAFE = numba.threading_layer() in ("omp", "tbb")
-    return out
 
 
 def sep_flags_to_sextractor(flag) -> np.ndarray:
@@ -171,7 +152,8 @@ def _native(arr, name: str, dtype) -> np.ndarray:
     a = np.asarray(arr)
     if a.ndim != 2:
         raise ValueError(f"{name} must be a 2-D image, got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("="))
+    # read-only views: one compiled kernel whatever the caller's arrays
+    return _parallel.readonly(np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("=")))
 
 
 def _blank_lag(params: Params) -> int:
@@ -184,6 +166,48 @@ def _blank_lag(params: Params) -> int:
     if kernel is None:
         return 0
     return int(np.shape(kernel)[0]) // 2 + 1
+
+
+def _flag_map(shape, seg, mask, blank, iso_segmap, pixel_flags):
+    """The kernels' pixel-flag map (`galseg.extract._kernels`): ``(pf, has_pf)``."""
+    if pixel_flags is not None:
+        pf = np.asarray(pixel_flags)
+        if pf.shape != shape:
+            raise ValueError(f"pixel_flags shape {pf.shape} differs from data shape {shape}")
+        return _parallel.readonly(np.ascontiguousarray(pf, dtype=np.uint8)), True
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != shape:
+            raise ValueError(f"mask shape {mask.shape} differs from data shape {shape}")
+        if not mask.any():
+            mask = None
+    if blank is not None:
+        blank = np.asarray(blank)
+        if blank.shape != shape:
+            raise ValueError(f"blank shape {blank.shape} differs from data shape {shape}")
+    if iso_segmap is not None:
+        iso_segmap = np.asarray(iso_segmap)
+        if iso_segmap.shape != shape:
+            raise ValueError(f"iso_segmap shape {iso_segmap.shape} differs from data shape "
+                             f"{shape}")
+    dummy8 = _parallel.readonly(np.zeros((1, 1), np.uint8))
+    if mask is None and blank is None and iso_segmap is None:
+        return dummy8, False
+
+    def u8(a):
+        if a is None:
+            return dummy8
+        a = np.asarray(a)
+        if a.dtype == np.bool_:
+            return _parallel.readonly(np.ascontiguousarray(a).view(np.uint8))
+        return _parallel.readonly(np.ascontiguousarray(a != 0).view(np.uint8))
+
+    oseg = (_parallel.readonly(np.zeros((1, 1), np.int32)) if iso_segmap is None
+            else _native(iso_segmap, "iso_segmap", np.int32))
+    pf = np.empty(shape, np.uint8)
+    _kernels.build_pixel_flags(seg, u8(mask), mask is not None, u8(blank), blank is not None,
+                               oseg, iso_segmap is not None, pf)
+    return _parallel.readonly(pf), True
 
 
 def _mags(flux, err, zp):
@@ -211,7 +235,7 @@ def _isocor(flux, fluxvar, npix, dthresh):
 
 def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=None,
             detection=None, detection_rms=None, background=None, backsig=None,
-            blank=None, iso_segmap=None, local_blank_rows=None) -> Table:
+            blank=None, iso_segmap=None, local_blank_rows=None, pixel_flags=None) -> Table:
     """Measure detected objects as SExtractor 2.25 does.
 
     Parameters
@@ -275,6 +299,13 @@ def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=N
         the detection island completes): ``island_ymax + 1 - (kernel height // 2
         + 1)`` with filtering, ``island_ymax`` without.  Default: that formula
         with the object's own ``ymax`` for ``island_ymax``.
+    pixel_flags : 2-D uint8 array, optional
+        ``mask``, ``blank`` and ``iso_segmap`` in one map, as galseg's engine
+        makes it (`galseg.extract.engine.Sources.pixel_flags`): bit
+        ``PF_BLANK`` (1) on the pixels ``blank`` would mark, ``PF_MASK`` (2)
+        on masked pixels, ``PF_MERGED`` (4) on the pixels that CLEAN merged
+        into their object (where ``iso_segmap`` differs from ``segmap``).
+        When given, ``mask``, ``blank`` and ``iso_segmap`` are ignored.
 
     Returns
     -------
@@ -312,27 +343,7 @@ def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=N
     for name, arr in (("detection", ddata), ("detection_rms", drms)):
         if arr.shape != shape:
             raise ValueError(f"{name} shape {arr.shape} differs from data shape {shape}")
-    if iso_segmap is None:
-        oseg = seg
-    else:
-        oseg = _native(iso_segmap, "iso_segmap", np.int32)
-        if oseg.shape != shape:
-            raise ValueError(f"iso_segmap shape {oseg.shape} differs from data shape {shape}")
-    dummy = np.zeros((1, 1), dtype=np.uint8)
-    if mask is not None:
-        m = np.asarray(mask)
-        if m.shape != shape:
-            raise ValueError(f"mask shape {m.shape} differs from data shape {shape}")
-        mask_u8 = np.ascontiguousarray(m.astype(bool).view(np.uint8))
-    else:
-        mask_u8 = dummy
-    if blank is not None:
-        bl = np.asarray(blank)
-        if bl.shape != shape:
-            raise ValueError(f"blank shape {bl.shape} differs from data shape {shape}")
-        blank_u8 = np.ascontiguousarray(bl.astype(bool).view(np.uint8))
-    else:
-        blank_u8 = dummy
+    pf, has_pf = _flag_map(shape, seg, mask, blank, iso_segmap, pixel_flags)
 
     objects = np.asarray(objects)
     if objects.dtype.names is None:
@@ -384,11 +395,12 @@ def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=N
     cxx = np.ascontiguousarray(objects["cxx"], dtype=np.float64)
     cyy = np.ascontiguousarray(objects["cyy"], dtype=np.float64)
     cxy = np.ascontiguousarray(objects["cxy"], dtype=np.float64)
-    bxmin, bxmax, bymin, bymax, _npix = _kernels.label_boxes(seg, n)
-    if oseg is seg:
-        oxmin, oxmax, oymin, oymax = bxmin, bxmax, bymin, bymax
+    bxmin, bxmax, bymin, bymax, _npix = _kernels.label_boxes(seg, n, pf, False)
+    if local_back and has_pf:
+        # the local background is measured around the object's own pixels
+        oxmin, oxmax, oymin, oymax, _onpix = _kernels.label_boxes(seg, n, pf, True)
     else:
-        oxmin, oxmax, oymin, oymax, _onpix = _kernels.label_boxes(oseg, n)
+        oxmin, oxmax, oymin, oymax = bxmin, bxmax, bymin, bymax
     if not local_back:
         yblank = np.zeros(n, dtype=np.int64)
     elif local_blank_rows is not None:
@@ -414,8 +426,8 @@ def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=N
 
     (flux_aper, var_aper, flux_auto, var_auto, kron, flux_iso, var_iso, isoarea, npix,
      peak, thresh, fwhm, iso, flux_radius, xwin, ywin, snr_win, dbkg,
-     mflags) = _measure_objects(
-        data, rms, ddata, drms, seg, oseg, mask_u8, blank_u8, mask is not None, blank is not None,
+     mflags) = _kernels.measure_objects(
+        data, rms, ddata, drms, seg, pf, has_pf,
         x, y, a, b, cxx, cyy, cxy, bxmin, bxmax, bymin, bymax, bkg_center,
         mode, weighted, backnoise2, gainflag, float(gain), backnoise2, float(threshfac),
         float(np.float32(field_thresh)), float(satur), radii, float(autoparams[0]),

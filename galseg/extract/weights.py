@@ -31,6 +31,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._parallel import readonly
 from .background import BIG, MeshStatistics
 
 __all__ = [
@@ -60,10 +61,16 @@ _CODES = {"MAP_WEIGHT": 0, "MAP_RMS": 1, "MAP_VAR": 2}
 
 @numba.njit(cache=True)
 def _raw_variance(a, code, var, nodata):
+    """Variance of each pixel (``BIG`` without data); ``nodata`` of size 1 is
+    not written.  Returns the number of pixels without data."""
     big = np.float32(BIG)
-    for i in range(a.size):
+    n = a.size
+    store = nodata.size == n
+    nbad = 0
+    for i in range(n):
         v = np.float32(a[i])
         bad = not (np.isfinite(v) and v > 0)
+        r = big
         if not bad:
             if code == 0:
                 r = np.float32(1.0) / v
@@ -72,8 +79,49 @@ def _raw_variance(a, code, var, nodata):
                 bad = not np.isfinite(r)  # rms beyond sqrt(float max)
             else:
                 r = v
-        nodata[i] = bad
+        if store:
+            nodata[i] = bad
         var[i] = big if bad else r
+        nbad += bad
+    return nbad
+
+
+@numba.njit(cache=True)
+def _scan_rms(rms, wthresh):
+    """For an absolute rms map: the pixels whose variance (``rms**2``, as
+    `_raw_variance` computes it) is not below ``wthresh`` or that have no
+    data, and the pixels where ``sqrt(rms**2)`` is not ``rms`` itself."""
+    n = rms.size
+    nbad = 0
+    ninexact = 0
+    for i in range(n):
+        v = rms[i]
+        if not (np.isfinite(v) and v > 0):
+            nbad += 1
+            continue
+        r = v * v
+        if not (np.isfinite(r) and r < wthresh):
+            nbad += 1
+        elif np.float32(np.sqrt(r)) != v:
+            ninexact += 1
+    return nbad, ninexact
+
+
+@numba.njit(cache=True)
+def _count_ge(var, t):
+    n = var.size
+    count = 0
+    for i in range(n):
+        count += var[i] >= t
+    return count
+
+
+@numba.njit(cache=True)
+def _set_where(arr, where, value):
+    n = arr.size
+    for i in range(n):
+        if where[i]:
+            arr[i] = value
 
 
 def raw_variance(weight_type, array):
@@ -99,10 +147,18 @@ def raw_variance(weight_type, array):
     if not a.dtype.isnative or a.dtype.kind != "f" or not a.flags.c_contiguous:
         a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("=") if a.dtype.kind == "f"
                                  else np.float64)
-    var = np.empty(a.shape, np.float32)
-    nodata = np.empty(a.shape, np.bool_)
-    _raw_variance(a.reshape(-1), _CODES[weight_type], var.reshape(-1), nodata.reshape(-1))
+    var, nodata, _nbad = _variance(weight_type, a, want_nodata=True)
     return var, nodata
+
+
+def _variance(weight_type, a, want_nodata=True):
+    """`raw_variance` of a native, C-contiguous map, with the number of pixels
+    without data; ``nodata`` is None unless ``want_nodata``."""
+    var = np.empty(a.shape, np.float32)
+    nodata = np.empty(a.shape, np.bool_) if want_nodata else None
+    nbad = _raw_variance(readonly(a).reshape(-1), _CODES[weight_type], var.reshape(-1),
+                         nodata.reshape(-1) if want_nodata else np.zeros(1, np.bool_))
+    return var, nodata, int(nbad)
 
 
 @numba.njit(cache=True)
@@ -126,16 +182,21 @@ def rescale_variance(weight_type, var, array, nodata, sigfac):
     a = np.asarray(array)
     if not a.dtype.isnative or a.dtype.kind != "f" or not a.flags.c_contiguous:
         a = np.ascontiguousarray(a, dtype=np.float64)
-    _rescale(var.reshape(-1), a.reshape(-1), nodata.reshape(-1), s2, _CODES[weight_type])
+    _rescale(var.reshape(-1), readonly(a).reshape(-1), readonly(nodata).reshape(-1), s2,
+             _CODES[weight_type])
     return var
 
 
 @numba.njit(cache=True)
 def _noise(var, hard, rms):
+    """``rms = sqrt(var)`` (``inf`` from ``BIG``), ``var = BIG`` on ``hard``
+    pixels (``hard`` of size 1: none); ``rms`` may be ``var`` itself."""
     big = np.float32(BIG)
     inf = np.float32(np.inf)
-    for i in range(var.size):
-        if hard[i]:
+    n = var.size
+    any_hard = hard.size == n
+    for i in range(n):
+        if any_hard and hard[i]:
             var[i] = big
         v = var[i]
         rms[i] = inf if v >= big else np.float32(np.sqrt(v))
@@ -147,7 +208,8 @@ def noise_map(var, hard):
     ``var`` is set to ``BIG`` on the ``hard`` (masked) pixels, in place.
     """
     rms = np.empty(var.shape, np.float32)
-    _noise(var.reshape(-1), np.ascontiguousarray(hard).reshape(-1), rms.reshape(-1))
+    _noise(var.reshape(-1), readonly(np.ascontiguousarray(hard, dtype=np.bool_)).reshape(-1),
+           rms.reshape(-1))
     return rms
 
 

@@ -1,0 +1,110 @@
+"""Running galseg's numba kernels on several threads.
+
+The kernels that take most of the time are compiled ``nogil`` and work on a
+range of rows or objects; `ranges` runs them on ``numba.get_num_threads()``
+Python threads (the limit `galseg.parallel` sets for its workers), handing
+out chunks as threads become free.  numba's own ``parallel=True`` would
+compile each kernel a second time as a parallel function (that doubled a
+fresh install's first run) and schedules statically, which is slow on a
+machine shared with other jobs.  `readonly` gives kernels one argument type
+per array; `small_pages` keeps NumPy off transparent huge pages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+
+__all__ = ["ranges", "nthreads", "readonly", "small_pages"]
+
+_LOCK = threading.Lock()
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+
+
+def nthreads() -> int:
+    """Threads the kernels may use (numba's thread count)."""
+    return max(1, int(numba.get_num_threads()))
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    global _POOL, _POOL_SIZE
+    with _LOCK:
+        if _POOL is None or _POOL_SIZE != n:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="galseg-kernel")
+            _POOL_SIZE = n
+        return _POOL
+
+
+def ranges(kernel, n, chunk, *args):
+    """``kernel(lo, hi, *args)`` over ``range(n)`` cut into ``chunk``-long
+    pieces, on `nthreads` threads (the kernel must release the GIL and write
+    only its own part of the outputs)."""
+    n = int(n)
+    chunk = max(int(chunk), 1)
+    workers = min(nthreads(), (n + chunk - 1) // chunk)
+    if workers <= 1:
+        if n > 0:
+            kernel(0, n, *args)
+        return
+    pool = _pool(nthreads())
+    futures = [pool.submit(kernel, lo, min(lo + chunk, n), *args) for lo in range(0, n, chunk)]
+    for f in futures:
+        f.result()
+
+
+def readonly(a):
+    """A read-only view of ``a``.
+
+    numba compiles a kernel once per argument type, and a read-only array is
+    another type than a writeable one: passing the arrays a kernel only reads
+    as read-only views, whatever the caller's flags, compiles each kernel
+    once (a cold compile of the measurement kernel alone takes ~10 s).
+    """
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+_PAGES_LOCK = threading.Lock()
+_PAGES_DEPTH = 0
+_PAGES_SAVED = True
+
+
+@contextlib.contextmanager
+def small_pages():
+    """NumPy allocations on ordinary pages (no transparent huge pages) for the
+    duration.
+
+    NumPy asks Linux for transparent huge pages for large arrays.  On a
+    machine whose memory is fragmented (long-running, busy) each such page
+    fault may cost the kernel a compaction: measured on the benchmark host,
+    the engine's full-frame arrays spent ~0.3-0.8 s more in the kernel per
+    8192x8192 run, sep's sparsely filled segmentation map alone up to 0.7 s.
+    NumPy's switch is process-wide; nested and concurrent uses restore it
+    once the last one ends, and other threads' allocations meanwhile only
+    change page size.
+    """
+    global _PAGES_DEPTH, _PAGES_SAVED
+    try:
+        from numpy._core import multiarray as ma
+        switch = ma._set_madvise_hugepage
+    except (ImportError, AttributeError):  # another NumPy: leave it be
+        yield
+        return
+    with _PAGES_LOCK:
+        if _PAGES_DEPTH == 0:
+            _PAGES_SAVED = switch(False)
+        _PAGES_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _PAGES_LOCK:
+            _PAGES_DEPTH -= 1
+            if _PAGES_DEPTH == 0:
+                switch(_PAGES_SAVED)
