@@ -66,8 +66,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 

@@ -39,8 +39,6 @@ from astropy.io import fits
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-if str(REPO) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(REPO))
 
 from galseg.io.atomic import atomic_write, atomic_write_json  # noqa: E402
 
