@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from . import _parallel
 from .background import _backguess
@@ -119,6 +119,32 @@ def _usable(rms, seg, pf, has_pf, x, y, label, mode):
         return True
     s = seg[y, x]
     return s == 0 or s == label
+
+
+@njit(cache=True, error_model="numpy")
+def _row_usable(rms, seg, pf, has_pf, y, x0, x1, label, mode):
+    """Whether every pixel ``x0..x1-1`` of row ``y`` is `_usable` (one
+    vectorised pass; most rows are, and their pixels then need no test)."""
+    rrow = rms[y]
+    nbad = 0
+    if has_pf:
+        frow = pf[y]
+        srow = seg[y]
+        check_seg = mode != MODE_NONE
+        for x in range(x0, x1):
+            f = frow[x]
+            nbad += (((f & PF_MASK) != 0)
+                     | (check_seg & ((f & PF_BLANK) != 0) & (srow[x] != label))
+                     | (not (rrow[x] < np.inf)))
+    elif mode != MODE_NONE:
+        srow = seg[y]
+        for x in range(x0, x1):
+            s = srow[x]
+            nbad += ((s != 0) & (s != label)) | (not (rrow[x] < np.inf))
+    else:
+        for x in range(x0, x1):
+            nbad += not (rrow[x] < np.inf)
+    return nbad == 0
 
 
 @njit(cache=True, error_model="numpy")
@@ -569,12 +595,13 @@ def _auto(data, rms, ddata, drms, seg, pf, has_pf, label, mode,
     sigtv = 0.0
     for y in range(ymin, ymax):
         dy = F32(y) - my
+        clean = _row_usable(rms, seg, pf, has_pf, y, xmin, xmax, label, mode)
         for x in range(xmin, xmax):
             dx = F32(x) - mx
             if cx2 * dx * dx + cy2 * dy * dy + cxy * dx * dy <= klim2:
                 area += 1
                 r_ = rms[y, x]
-                if _usable(rms, seg, pf, has_pf, x, y, label, mode):
+                if clean or _usable(rms, seg, pf, has_pf, x, y, label, mode):
                     pix = np.float64(data[y, x])
                     var = np.float64(r_ * r_)
                     replaced = False
@@ -648,12 +675,13 @@ def _growth_pass(data, rms, seg, pf, has_pf, label, mode, weighted,
     m2y = 2.0 * my + 0.49999
     for y in range(ymin, ymax):
         dy0 = y - my
+        clean = _row_usable(rms, seg, pf, has_pf, y, xmin, xmax, label, mode)
         for x in range(xmin, xmax):
             dx0 = x - mx
             r2 = dx0 * dx0 + dy0 * dy0
             if r2 < r2lo or not (r2 < r2hi):
                 continue
-            if _usable(rms, seg, pf, has_pf, x, y, label, mode):
+            if clean or _usable(rms, seg, pf, has_pf, x, y, label, mode):
                 pix = np.float64(data[y, x])
             else:
                 pix, _v, _r = _fetch_slow(data, rms, seg, pf, has_pf,
@@ -739,11 +767,12 @@ def _growth(data, rms, seg, pf, has_pf, label, mode, weighted,
         coarse = np.zeros(GROWTH_NSTEP)
         for y in range(ymin, ymax):
             dy0 = y - my
+            clean = _row_usable(rms, seg, pf, has_pf, y, xmin, xmax, label, mode)
             for x in range(xmin, xmax):
                 dx0 = x - mx
                 r2 = dx0 * dx0 + dy0 * dy0
                 if r2 < rextlim2:
-                    if _usable(rms, seg, pf, has_pf, x, y, label, mode):
+                    if clean or _usable(rms, seg, pf, has_pf, x, y, label, mode):
                         pix = np.float64(data[y, x])
                     else:
                         pix, _v, _r = _fetch_slow(data, rms, seg, pf, has_pf, x, y,
@@ -860,6 +889,7 @@ def _winpos(data, rms, seg, pf, has_pf, label, mode, weighted,
             dyy = dy * dy
             if not (dyy < rextlim2):
                 continue
+            clean = _row_usable(rms, seg, pf, has_pf, y, xmin, xmax, label, mode)
             # sub-row offsets of this row for the sub-pixel sweeps (see _area_table)
             dys = dy + offset
             for sy in range(WINPOS_OVERSAMP):
@@ -896,7 +926,7 @@ def _winpos(data, rms, seg, pf, has_pf, label, mode, weighted,
                         locarea = F32(1.0)
                     locarea *= math.exp(-r2 * invtwosig2)  # float32: C's expf
                     r_ = rms[y, x]
-                    if _usable(rms, seg, pf, has_pf, x, y, label, mode):
+                    if clean or _usable(rms, seg, pf, has_pf, x, y, label, mode):
                         pix = np.float64(data[y, x])
                         var = np.float64(r_ * r_)
                         _ = False
@@ -1213,7 +1243,7 @@ def label_boxes(seg, nobj, pf, own_only):
     return xmin, xmax, ymin, ymax, npix
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, error_model="numpy")
 def _measure_range(lo, hi, data, rms, ddata, drms, seg, pf, has_pf,
                    x, y, a, b, cxx, cyy, cxy, bxmin, bxmax, bymin, bymax, bkg_center,
                    mode, weighted, var0, gainflag, gain, backnoise2, threshfac,
@@ -1305,14 +1335,39 @@ def measure_objects(data, rms, ddata, drms, seg, pf, has_pf,
     snr_win = np.zeros(n)
     dbkg = np.zeros(n)
     flags = np.zeros(n, dtype=np.int64)
-    # chunks of objects to threads as they come free (sizes vary a lot)
-    _parallel.ranges(_measure_range, n, 32, data, rms, ddata, drms, seg, pf, has_pf,
-                     x, y, a, b, cxx, cyy, cxy, bxmin, bxmax, bymin, bymax, bkg_center,
-                     mode, weighted, var0, gainflag, gain, backnoise2, threshfac,
-                     field_thresh, satur, radii, kron_fact, kron_min, autoaper0, autoaper1,
-                     fluxfrac, local_back, pbs, oxmin, oxmax, oymin, oymax, yblank,
-                     flux_aper, var_aper, flux_auto, var_auto, kron, flux_iso, var_iso,
-                     isoarea, npix, peak, thresh, fwhm, iso, flux_radius, xwin, ywin, snr_win,
-                     dbkg, flags)
+    # chunks of objects in numba's parallel loop: the same kernels compiled
+    # into a parallel function run ~20 % faster than called from Python (numba
+    # then knows that the arrays do not overlap); one chunk per iteration,
+    # handed out as threads come free (object costs vary a lot)
+    _parallel.numba_parallel(_measure_chunks, n, data, rms, ddata, drms, seg, pf, has_pf, x, y, a,
+                             b, cxx, cyy, cxy, bxmin, bxmax, bymin, bymax, bkg_center, mode,
+                             weighted, var0, gainflag, gain, backnoise2, threshfac, field_thresh,
+                             satur, radii, kron_fact, kron_min, autoaper0, autoaper1, fluxfrac,
+                             local_back, pbs, oxmin, oxmax, oymin, oymax, yblank, flux_aper,
+                             var_aper, flux_auto, var_auto, kron, flux_iso, var_iso, isoarea, npix,
+                             peak, thresh, fwhm, iso, flux_radius, xwin, ywin, snr_win, dbkg,
+                             flags)
     return (flux_aper, var_aper, flux_auto, var_auto, kron, flux_iso, var_iso, isoarea,
             npix, peak, thresh, fwhm, iso, flux_radius, xwin, ywin, snr_win, dbkg, flags)
+
+
+_CHUNK = 32  # objects per parallel iteration
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _measure_chunks(n, data, rms, ddata, drms, seg, pf, has_pf, x, y, a, b, cxx, cyy, cxy, bxmin,
+                   bxmax, bymin, bymax, bkg_center, mode, weighted, var0, gainflag, gain,
+                   backnoise2, threshfac, field_thresh, satur, radii, kron_fact, kron_min,
+                   autoaper0, autoaper1, fluxfrac, local_back, pbs, oxmin, oxmax, oymin, oymax,
+                   yblank, flux_aper, var_aper, flux_auto, var_auto, kron, flux_iso, var_iso,
+                   isoarea, npix, peak, thresh, fwhm, iso, flux_radius, xwin, ywin, snr_win, dbkg,
+                   flags):
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        _measure_range(c * _CHUNK, min(c * _CHUNK + _CHUNK, n),
+                       data, rms, ddata, drms, seg, pf, has_pf, x, y, a, b, cxx, cyy, cxy, bxmin,
+                       bxmax, bymin, bymax, bkg_center, mode, weighted, var0, gainflag, gain,
+                       backnoise2, threshfac, field_thresh, satur, radii, kron_fact, kron_min,
+                       autoaper0, autoaper1, fluxfrac, local_back, pbs, oxmin, oxmax, oymin, oymax,
+                       yblank, flux_aper, var_aper, flux_auto, var_auto, kron, flux_iso, var_iso,
+                       isoarea, npix, peak, thresh, fwhm, iso, flux_radius, xwin, ywin, snr_win,
+                       dbkg, flags)

@@ -399,7 +399,8 @@ def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, m
         rmsmap = rms_direct
     elif varmap is not None:
         rmsmap = varmap
-        _noise(varmap.reshape(-1), readonly(np.zeros(1, np.bool_) if hard is None else hard).reshape(-1),
+        none = np.zeros(1, np.bool_)
+        _noise(varmap.reshape(-1), readonly(none if hard is None else hard).reshape(-1),
                varmap.reshape(-1))
     else:
         rmsmap = np.full(shape, np.float32(backsig), dtype=np.float32)
@@ -681,8 +682,11 @@ def run(sci, *, rms=None, wht=None, var=None, params, method="sep", header=None,
     -------
     ExtractionResult
         ``segmap`` (int32, label == ``NUMBER``), ``background`` (float32 map
-        subtracted), ``catalog`` (astropy Table), ``rms`` (float32 absolute
-        noise used; ``inf`` where there is no data) and ``meta``.
+        subtracted; a read-only constant view for ``BACK_TYPE MANUAL``),
+        ``catalog`` (astropy Table), ``rms`` (float32 absolute noise used;
+        ``inf`` where there is no data; read-only, and the ``rms`` argument
+        itself when that is exactly the noise used) and ``meta``
+        (``meta["timings"]``: seconds per stage).
 
     Raises
     ------
