@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["TilePlan", "Window", "Margins", "parse_memory", "tile_size_for_memory",
-           "BYTES_PER_PIXEL", "WORKER_OVERHEAD", "MAIN_OVERHEAD", "default_overlap"]
+           "BYTES_PER_PIXEL", "WHOLE_IMAGE_BYTES_PER_PIXEL", "WORKER_OVERHEAD", "MAIN_OVERHEAD", "default_overlap"]
 
 #: Peak memory of one window's extraction per window pixel (bytes): about 40
 #: measured (peak RSS of a window task against the window's area, synthetic
@@ -38,6 +38,10 @@ __all__ = ["TilePlan", "Window", "Margins", "parse_memory", "tile_size_for_memor
 #: int32 segmentation maps, masks, sep's and the measurement's buffers), with
 #: a 1.6x margin for crowded fields; see ``benchmarks/bench_mosaic.py``.
 BYTES_PER_PIXEL = 64
+#: Peak memory of the one-piece engine per image pixel, inputs included: about
+#: 21.5-24 bytes measured at 8192^2 (benchmarks/bench_extract.py), with a margin.
+#: Decides whether an image is tiled at all.
+WHOLE_IMAGE_BYTES_PER_PIXEL = 32
 #: Fixed memory of a worker process (Python, numpy, numba, sep, astropy and
 #: the compiled kernels): about 270 MiB measured.
 WORKER_OVERHEAD = 320 * 2**20
@@ -287,7 +291,7 @@ def tile_size_for_memory(shape, max_memory, *, workers: int = 1, overlap: int = 
     workers = max(1, int(workers))
     h, w = shape
     # untiled: one process holds the whole image
-    if h * w * bytes_per_pixel + main_overhead + worker_overhead <= budget:
+    if h * w * WHOLE_IMAGE_BYTES_PER_PIXEL + main_overhead + worker_overhead <= budget:
         return None
     per_worker = (budget - main_overhead) / workers - worker_overhead
     min_side = 256 + 2 * overlap
