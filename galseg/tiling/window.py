@@ -38,6 +38,7 @@ import numpy as np
 
 from ..extract.background import BIG, MeshStatistics
 from ..extract.clean import analyse_detections
+from ..extract.detect import _glibc_srand as _srand
 from ..extract.detect import _share_pixels, detect, filter_image, threshold_map
 from ..extract.params import Params
 from ..extract.weights import interpolate_bad, noise_map, rescale_variance
@@ -212,27 +213,6 @@ def _extract(ctx: TileContext, win: Window) -> _State:
 
 
 # --------------------------------------------------------------------------- random stream
-@numba.njit(cache=True)
-def _srand(seed):
-    r = np.zeros(344, np.int64)
-    r[0] = seed
-    for i in range(1, 31):
-        hi = r[i - 1] // 127773
-        lo = r[i - 1] % 127773
-        word = 16807 * lo - 2836 * hi
-        if word < 0:
-            word += 2147483647
-        r[i] = word
-    for i in range(31, 34):
-        r[i] = r[i - 31]
-    for i in range(34, 344):
-        r[i] = (r[i - 31] + r[i - 3]) & 0xFFFFFFFF
-    state = np.zeros(35, np.int64)
-    for i in range(34):
-        state[i] = r[310 + i]
-    return state
-
-
 @numba.njit(cache=True)
 def _advance(state, count):
     """Draw ``count`` numbers from glibc's ``random()`` ring (the state layout of
