@@ -16,6 +16,8 @@ from galseg.export.ds9 import catalog_regions
 from galseg.export.index_png import read_index_png, write_index_png
 from galseg.imaging.layout import demo_dir
 
+from _util import des_r_band  # noqa: E402
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DES_R = DATA / "des_sn2006bh" / "DES_r.fits"
 
@@ -35,10 +37,7 @@ def f606w(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def des(tmp_path_factory):
-    if not DES_R.is_file():
-        pytest.skip(f"DES cutout not found at {DES_R}")
-    return Band_Data("DES", "Y3", "DECam", "r", DES_R, "SCI", wht_path=DES_R, wht_ext="WGT",
-                     work_dir=tmp_path_factory.mktemp("expdes")).segment()
+    return des_r_band(tmp_path_factory.mktemp("expdes")).segment()
 
 
 def _angle_diff(a, b, period=180.0):

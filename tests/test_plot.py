@@ -1,6 +1,5 @@
 """Plots on real products: pixels drawn, colour maps, zooms, overlays, differences, grids."""
 
-from pathlib import Path
 
 import matplotlib
 
@@ -13,21 +12,16 @@ from astropy.coordinates import SkyCoord  # noqa: E402
 from matplotlib.collections import EllipseCollection  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from galseg import Band_Data, Data  # noqa: E402
-from galseg.imaging.layout import demo_dir  # noqa: E402
+from galseg import Data  # noqa: E402
 from galseg.plot.images import segmap_cmap  # noqa: E402
 from galseg.plot.overlay import difference, plot_difference  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DES_R = DATA / "des_sn2006bh" / "DES_r.fits"
+from _util import demo_band, des_r_band  # noqa: E402
+
 
 
 def _demo_band(filt, zp, work_dir, instrument="WFC3_IR"):
-    d = demo_dir()
-    name = filt.lower()
-    return Band_Data("XDF", "v1", instrument, filt, d / f"xdf_{name}_sci.fits", 1,
-                     wht_path=d / f"xdf_{name}_wht.fits", wht_ext=1, pix_scale=0.06, zp=zp,
-                     work_dir=work_dir)
+    return demo_band(filt, zp, work_dir, instrument)
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +31,7 @@ def f160w(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def des(tmp_path_factory):
-    if not DES_R.is_file():
-        pytest.skip(f"DES cutout not found at {DES_R}")
-    return Band_Data("DES", "Y3", "DECam", "r", DES_R, "SCI", wht_path=DES_R, wht_ext="WGT",
-                     work_dir=tmp_path_factory.mktemp("plotdes")).segment()
+    return des_r_band(tmp_path_factory.mktemp("plotdes")).segment()
 
 
 @pytest.fixture(autouse=True)

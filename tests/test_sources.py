@@ -1,6 +1,5 @@
 """One source at a time: source_at / source_in_box / candidates / cutout on real products."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,20 +8,14 @@ from astropy.io import fits
 from PIL import Image
 from scipy import ndimage
 
-from galseg import Band_Data
-from galseg.imaging.layout import demo_dir
 from galseg.sources import Candidate, NoSourceError, Source
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DES_R = DATA / "des_sn2006bh" / "DES_r.fits"
+from _util import demo_band, des_r_band  # noqa: E402
+
 
 
 def _demo_band(filt, zp, work_dir, instrument="ACS_WFC"):
-    d = demo_dir()
-    name = filt.lower()
-    return Band_Data("XDF", "v1", instrument, filt, d / f"xdf_{name}_sci.fits", 1,
-                     wht_path=d / f"xdf_{name}_wht.fits", wht_ext=1, pix_scale=0.06, zp=zp,
-                     work_dir=work_dir)
+    return demo_band(filt, zp, work_dir, instrument)
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +26,7 @@ def f606w(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def des(tmp_path_factory):
-    if not DES_R.is_file():
-        pytest.skip(f"DES cutout not found at {DES_R}")
-    return Band_Data("DES", "Y3", "DECam", "r", DES_R, "SCI", wht_path=DES_R, wht_ext="WGT",
-                     work_dir=tmp_path_factory.mktemp("srcdes")).segment()
+    return des_r_band(tmp_path_factory.mktemp("srcdes")).segment()
 
 
 def _inside_pixel(seg, number):
