@@ -227,8 +227,14 @@ def atomic_write_fits_image(data, path: str | os.PathLike, header=None, *,
         f.write(head)
         if h is not None:
             h.update(head)
-        for start in range(0, arr.shape[0] if arr.ndim else 1, rows):
-            block = np.ascontiguousarray(arr[start:start + rows], dtype=be)
+        nrows = arr.shape[0] if arr.ndim else 1
+        # rows that are all the same (a broadcast constant map, e.g. a MANUAL
+        # background): convert one block and write it again and again
+        same_rows = arr.ndim > 0 and arr.strides[0] == 0
+        first = np.ascontiguousarray(arr[:rows], dtype=be) if same_rows else None
+        for start in range(0, nrows, rows):
+            block = (first[:min(rows, nrows - start)] if same_rows
+                     else np.ascontiguousarray(arr[start:start + rows], dtype=be))
             f.write(block.data)
             if h is not None:
                 h.update(block.data)

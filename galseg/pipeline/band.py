@@ -19,7 +19,8 @@ from ..extract.params import Params
 from ..extract.presets import filter_kernel, load_config, nnw_path
 from ..products import ProductStore, get_or_compute, make_key
 
-__all__ = ["segment_band", "band_entry", "band_params", "WEIGHT_TYPES", "METHODS"]
+__all__ = ["segment_band", "band_entry", "band_params", "read_inputs", "WEIGHT_TYPES",
+           "METHODS"]
 
 log = logging.getLogger("galseg.pipeline")
 
@@ -66,7 +67,9 @@ def _file_sha256(path: Path) -> str:
 
 
 def _inputs(band, err_type: str) -> dict:
-    """The input files of a segmentation, by role, as (path, ext)."""
+    """The input files of a segmentation, by role, as (resolved path, HDU index)."""
+    from ..io.fits import image_ext
+
     inputs = {"sci": (band.im_path, band.im_ext)}
     path, ext = band._map_location(err_type)
     if path is not None:
@@ -74,16 +77,54 @@ def _inputs(band, err_type: str) -> dict:
     else:  # derived from the other map
         other = "wht" if err_type == "rms_err" else "rms_err"
         inputs[other] = band._map_location(other)
-    return {role: (str(Path(p).resolve()), e if e is not None else 0) for role, (p, e) in inputs.items()}
+    # ext None means "the first image HDU": fingerprint that one, not HDU 0
+    return {role: (str(Path(p).resolve()), e if e is not None else image_ext(p, None))
+            for role, (p, e) in inputs.items()}
+
+
+def read_inputs(band, err_type: str):
+    """The science image, its header and the noise map for the engine.
+
+    Reads the files of the product key (`_inputs`) once, hashing them on the
+    way for the product cache (`remember_data_sha256`).  A noise map present on
+    disk is passed on raw: the engine treats non-finite, zero or negative rms
+    (and non-finite or non-positive weights) as "no data" itself.  A missing
+    map is derived from the other one, as `Band_Data.load_err` does.
+
+    Returns
+    -------
+    sci : ndarray of float32
+    header : `~astropy.io.fits.Header`
+    noise : dict
+        ``{"rms": ...}`` or ``{"wht": ...}``, the engine's keyword.
+    """
+    from ..imaging.band import _rms_from_wht, _wht_from_rms
+    from ..io.fits import read_image
+    from ..products.fingerprint import remember_data_sha256
+
+    def read(role, what):
+        path, ext = inputs[role]
+        data, digest = read_image(path, ext, what=f"{band.filt} {what}", sha256=True)
+        if digest is not None:
+            remember_data_sha256(digest.path, digest.hdu, digest.stat, digest.sha256)
+        return data
+
+    inputs = _inputs(band, err_type)
+    sci = read("sci", "science image")
+    if err_type in inputs:
+        err = read(err_type, f"{err_type} map")
+    elif err_type == "rms_err":
+        err = _rms_from_wht(read("wht", "wht map"))
+    else:
+        err = _wht_from_rms(read("rms_err", "rms_err map"))
+    return sci, band.header, ({"rms": err} if err_type == "rms_err" else {"wht": err})
 
 
 def _compute(band, err_type, method, params):
     from ..extract import run
 
-    sci, header = band.load_im(incl_hdr=True)
-    err = band.load_err(err_type)
-    kwargs = {"rms": err} if err_type == "rms_err" else {"wht": err}
-    return run(sci, params=params, method=method, header=header, wcs=band.load_wcs(), **kwargs)
+    sci, header, noise = read_inputs(band, err_type)
+    return run(sci, params=params, method=method, header=header, wcs=band.load_wcs(), **noise)
 
 
 def band_entry(band, err_type="rms_err", method="sep", config="galfind_default", **overrides):

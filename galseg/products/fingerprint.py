@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-__all__ = ["input_fingerprint", "clear_fingerprint_cache", "RACY_NS"]
+__all__ = ["input_fingerprint", "clear_fingerprint_cache", "remember_data_sha256", "RACY_NS"]
 
 _BLOCK = 2880
 _CARD = 80
@@ -51,6 +51,27 @@ def clear_fingerprint_cache() -> None:
     """Forget all memoised fingerprints (mainly for tests and benchmarks)."""
     with _MEMO_LOCK:
         _MEMO.clear()
+
+
+def remember_data_sha256(path, hdu: int, stat: tuple, sha256: str) -> bool:
+    """Record the full data hash of an HDU that a reader computed on the way.
+
+    ``stat`` is ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)`` of the
+    file, unchanged over the read (`galseg.io.fits.RawDigest`).  Memoised
+    fingerprints of that HDU at that stat gain ``data_sha256``, so that
+    ``input_fingerprint(..., full=True)`` need not read the file again.
+    Returns whether one was found (none is, e.g., for a file fingerprinted
+    within `RACY_NS` of its last change).
+    """
+    apath = os.path.abspath(os.fspath(path))
+    stat = tuple(stat)
+    found = False
+    with _MEMO_LOCK:
+        for key, fp in _MEMO.items():
+            if key[0] == apath and key[2:] == stat and fp.get("hdu") == hdu:
+                fp["data_sha256"] = sha256
+                found = True
+    return found
 
 
 def _card_value(card: str) -> str | None:

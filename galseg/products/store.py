@@ -393,25 +393,40 @@ class ProductEntry:
         return FileLock(self.lock_path, timeout=timeout, stale_after=stale_after)
 
     # ------------------------------------------------------------------ save
-    def snapshot_inputs(self) -> dict[str, dict]:
-        """Full fingerprints (all data hashed) of the key's inputs, checked against the key.
+    def snapshot_inputs(self, *, full: bool = True,
+                        expect: dict[str, dict] | None = None) -> dict[str, dict]:
+        """Fingerprints of the key's inputs, checked against the key.
+
+        Parameters
+        ----------
+        full : bool
+            Include the hash of all data bytes (``data_sha256``; taken from the
+            in-process memo when a reader already hashed the file at this stat,
+            see `galseg.products.fingerprint.remember_data_sha256`).
+        expect : dict, optional
+            An earlier snapshot: every input must still have its stat.
 
         Raises
         ------
         InputChangedError
-            If an input's content no longer matches the key.
+            If an input's content no longer matches the key, or its stat moved
+            since ``expect``.
         """
         if self.key is None:
             raise ValueError(f"{self}: an entry without a key cannot be saved")
         snap = {}
         for role, fp in self.key.inputs.items():
-            full = input_fingerprint(fp["path"], fp["ext"], full=True)
-            changed = [f for f in IDENTITY_FIELDS if full[f] != fp[f]]
+            cur = input_fingerprint(fp["path"], fp["ext"], full=full)
+            changed = [f for f in IDENTITY_FIELDS if cur[f] != fp[f]]
             if changed:
                 raise InputChangedError(
                     f"input {role} {fp['path']} changed since the product key was made "
                     f"({', '.join(changed)} differ); make the key again")
-            snap[role] = full
+            if expect is not None and any(cur[f] != expect[role][f] for f in _STAT_FIELDS):
+                raise InputChangedError(
+                    f"input {role} {fp['path']} was modified while the product was computed; "
+                    "the result is not cached")
+            snap[role] = cur
         return snap
 
     def check_inputs_unchanged(self, snapshot: dict[str, dict]) -> None:
@@ -443,8 +458,8 @@ class ProductEntry:
         wcs_header : Header or WCS, optional
             World coordinates copied onto the seg and bkg maps.
         inputs_snapshot : dict, optional
-            Full input fingerprints from `snapshot_inputs` taken before the
-            computation (made here if omitted).
+            Full input fingerprints (`snapshot_inputs`) of the data the result
+            was computed from (made here if omitted).
         lock : FileLock, optional
             The held entry lock; the sidecar is not committed if it was broken.
 
@@ -697,8 +712,9 @@ def get_or_compute(entry: ProductEntry, compute: Callable[[], ExtractionResult],
 
     Protocol: check (no lock: a cache hit costs a sidecar read and a few
     ``stat`` calls); on a miss take the entry lock, check again (another
-    process may have made it while we waited), fingerprint the inputs fully,
-    run ``compute()``, check the inputs did not change meanwhile, save.
+    process may have made it while we waited), note the inputs' stat, run
+    ``compute()``, check the inputs did not change meanwhile, record their full
+    data hashes, save.
 
     Parameters
     ----------
@@ -738,13 +754,18 @@ def get_or_compute(entry: ProductEntry, compute: Callable[[], ExtractionResult],
         else:
             reason = entry.why_invalid or "invalid"
         log.info("computing %s: %s", entry.stem, reason)
-        snap = entry.snapshot_inputs()
+        # Stat and sampled hashes before, the full hash after the computation:
+        # with the stat unchanged across it, the full hash describes the data
+        # computed on, and a reader that hashed the data on the way (the
+        # engine's input reader) spares a second read of every input.
+        before = entry.snapshot_inputs(full=False)
         t0 = time.perf_counter()
         result = compute()
         elapsed = time.perf_counter() - t0
         if not isinstance(result, ExtractionResult):
             raise TypeError(f"compute() must return an ExtractionResult, got {type(result).__name__}")
-        entry.check_inputs_unchanged(snap)
+        entry.check_inputs_unchanged(before)
+        snap = entry.snapshot_inputs(full=True, expect=before)
         prov = dict(provenance or {})
         prov.setdefault("compute_seconds", round(elapsed, 6))
         entry.save(result, prov, wcs_header, inputs_snapshot=snap, lock=lock)
