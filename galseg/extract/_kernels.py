@@ -757,37 +757,39 @@ def _growth(data, rms, seg, pf, has_pf, label, mode, weighted,
         ymax = h
         flag |= FLAG_APERT_PB
     fa = np.float64(F32(flux_auto))
-    fmax = 0.5
+    # the largest searched level: its crossing comes last
+    tvmax = 0.5 * fa
     for k in range(fluxfrac.shape[0]):
-        if fluxfrac[k] > fmax:
-            fmax = fluxfrac[k]
-    # whole-pixel curve: where the searched fractions are probably reached
+        if fluxfrac[k] * fa > tvmax:
+            tvmax = fluxfrac[k] * fa
+    # whole-pixel curve: where the searched levels are probably reached (for
+    # any sign of FLUX_AUTO: the check below decides whether the outer pixels
+    # are needed after all)
     rcut2 = rextlim2
-    if fa > 0.0:
-        coarse = np.zeros(GROWTH_NSTEP)
-        for y in range(ymin, ymax):
-            dy0 = y - my
-            clean = _row_usable(rms, seg, pf, has_pf, y, xmin, xmax, label, mode)
-            for x in range(xmin, xmax):
-                dx0 = x - mx
-                r2 = dx0 * dx0 + dy0 * dy0
-                if r2 < rextlim2:
-                    if clean or _usable(rms, seg, pf, has_pf, x, y, label, mode):
-                        pix = np.float64(data[y, x])
-                    else:
-                        pix, _v, _r = _fetch_slow(data, rms, seg, pf, has_pf, x, y,
-                                                  label, mode, weighted, var0, m2x, m2y)
-                    j = int(math.sqrt(r2) * stepdens)
-                    if j < GROWTH_NSTEP:
-                        coarse[j] += pix
-        cum = 0.0
-        for j in range(GROWTH_NSTEP):
-            cum += coarse[j]
-            if cum >= fmax * fa:
-                rc = (j + 1) * step + 2.0
-                if rc * rc < rcut2:
-                    rcut2 = rc * rc
-                break
+    coarse = np.zeros(GROWTH_NSTEP)
+    for y in range(ymin, ymax):
+        dy0 = y - my
+        clean = _row_usable(rms, seg, pf, has_pf, y, xmin, xmax, label, mode)
+        for x in range(xmin, xmax):
+            dx0 = x - mx
+            r2 = dx0 * dx0 + dy0 * dy0
+            if r2 < rextlim2:
+                if clean or _usable(rms, seg, pf, has_pf, x, y, label, mode):
+                    pix = np.float64(data[y, x])
+                else:
+                    pix, _v, _r = _fetch_slow(data, rms, seg, pf, has_pf, x, y,
+                                              label, mode, weighted, var0, m2x, m2y)
+                j = int(math.sqrt(r2) * stepdens)
+                if j < GROWTH_NSTEP:
+                    coarse[j] += pix
+    cum = 0.0
+    for j in range(GROWTH_NSTEP):
+        cum += coarse[j]
+        if cum >= tvmax:
+            rc = (j + 1) * step + 2.0
+            if rc * rc < rcut2:
+                rcut2 = rc * rc
+            break
     _growth_pass(data, rms, seg, pf, has_pf, label, mode, weighted,
                  var0, mx, my, xmin, xmax, ymin, ymax, 0.0, rcut2, stepdens, step, growth, hist)
     if rcut2 < rextlim2:

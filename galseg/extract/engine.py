@@ -727,4 +727,4 @@ def run(sci, *, rms=None, wht=None, var=None, params, method="sep", header=None,
     meta["timings"] = dict(meta["timings"], measure=time.perf_counter() - t1,
                            total=time.perf_counter() - t0)
     return ExtractionResult(segmap=src.segmap, background=src.background.background,
-                            catalog=catalog, rms=src.rms, meta=meta)
+                            catalog=catalog, rms=src.rms, meta=meta, sources=src)

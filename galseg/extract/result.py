@@ -32,6 +32,10 @@ class ExtractionResult:
     meta : dict
         JSON-able run information (backend, timings, weight scale factor,
         counts ...), written into product headers and sidecars.
+    sources : `galseg.extract.engine.Sources` or None
+        The sep engine's detection behind this result, when it was just
+        computed in this process (forced photometry continues from it instead
+        of detecting again); None otherwise.  Never stored.
     """
 
     segmap: np.ndarray
@@ -39,6 +43,7 @@ class ExtractionResult:
     catalog: Table
     rms: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    sources: Any = field(default=None, repr=False, compare=False)
 
     @property
     def nobj(self) -> int:

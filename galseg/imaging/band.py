@@ -302,18 +302,25 @@ class Band_Data:
         ``bkg_path`` is the background map that was *subtracted* (SExtractor's
         ``BACKGROUND`` check image), not galfind's background-subtracted image.
         """
+        self._segment(err_type, method, config, overwrite, tiles=tiles, max_memory=max_memory,
+                      **overrides)
+        return self
+
+    def _segment(self, err_type="rms_err", method="sep", config="galfind_default",
+                 overwrite=False, **kwargs):
+        """`segment`, returning the cache outcome (with the fresh result, if computed)."""
         from ..pipeline import segment_band
 
-        outcome = segment_band(self, err_type, method, config, overwrite, tiles=tiles,
-                               max_memory=max_memory, **overrides)
+        overrides = {k: v for k, v in kwargs.items() if k not in ("tiles", "max_memory")}
+        outcome = segment_band(self, err_type, method, config, overwrite, **kwargs)
         self._use_product(outcome.entry)
         self.seg_args = {
             "err_type": err_type, "method": method,
             "config": config if isinstance(config, str) else str(config),
-            "overrides": dict(overrides), "key": outcome.entry.short_hash,
+            "overrides": overrides, "key": outcome.entry.short_hash,
             "from_cache": not outcome.computed, "reason": outcome.reason,
         }
-        return self
+        return outcome
 
     def _use_product(self, entry):
         self._product = entry

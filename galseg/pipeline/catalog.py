@@ -309,7 +309,8 @@ def multiband_catalog(bands: Sequence, forced, err_type: str = "rms_err", *,
             cats, info = {}, []
             for b in bands:
                 path = Path(rows[b.filt]["cat_path"])
-                cats[b.filt] = read_catalog(path)
+                made = forced.tables.pop(b.filt, None)  # just written: no need to read back
+                cats[b.filt] = made if made is not None else read_catalog(path)
                 sc = FileSet(path.parent, path.name[: -len("_cat.fits")], {"cat": "_cat.fits"},
                              "forced_catalog").info
                 info.append({"filt": b.filt, "zp": b.zp, "cat_name": path.name,

@@ -35,7 +35,9 @@ it in the page cache.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +48,10 @@ from astropy.io import fits
 from astropy.table import Table
 
 from ..extract.params import Params
-from ..io.atomic import atomic_write, atomic_write_fits, file_sha256_stat
+from ..io.atomic import atomic_write, atomic_write_fits
 from ..products import make_key
 from ._fileset import FileSet
-from .band import WEIGHT_TYPES, _config_label, _file_sha256, _inputs, band_params
+from .band import WEIGHT_TYPES, _config_label, _file_sha256, _inputs, band_params, read_inputs
 
 __all__ = [
     "DetectionState",
@@ -123,15 +125,26 @@ class DetectionState:
         return out
 
 
+class _HashingWriter:
+    """A write-only file that hashes what passes through it."""
+
+    def __init__(self, f):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self._f.write(data)
+
+
 def _save_npy(arr: np.ndarray, path: Path) -> dict:
     with atomic_write(path, "wb") as f:
-        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-    digest, st = file_sha256_stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "sha256": digest}
-
-
-def _noise_kwargs(err_type: str, err: np.ndarray) -> dict:
-    return {"rms": err} if err_type == "rms_err" else {"wht": err}
+        out = _HashingWriter(f)
+        np.save(out, np.ascontiguousarray(arr), allow_pickle=False)
+        f.flush()
+        st = os.fstat(f.fileno())  # the rename keeps size, mtime and inode
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
+            "sha256": out.sha256.hexdigest()}
 
 
 def detection_state(det_band, err_type="rms_err", config="galfind_default", *,
@@ -161,8 +174,8 @@ def detection_state(det_band, err_type="rms_err", config="galfind_default", *,
     """
     from ..extract.engine import detect_sources
 
-    det_band.segment(err_type, "sep", config, False, **overrides)
-    entry = det_band._product
+    outcome = det_band._segment(err_type, "sep", config, False, **overrides)
+    entry = outcome.entry
     key_sha = entry.key.sha256
     directory = _forced_dir(det_band.work_dir, det_band.instrument, det_band.version,
                             det_band.survey, err_type) / "detections"
@@ -175,16 +188,18 @@ def detection_state(det_band, err_type="rms_err", config="galfind_default", *,
         if not overwrite and fs.is_valid(key_sha):
             return state
         t0 = time.perf_counter()
-        params = band_params(det_band, err_type, config, **overrides)
-        sci, header = det_band.load_im(incl_hdr=True)
-        src = detect_sources(sci, params=params, header=header,
-                             **_noise_kwargs(err_type, det_band.load_err(err_type)))
-        saved = entry.load_seg()
-        if not np.array_equal(saved, src.segmap):
-            raise RuntimeError(
-                f"detection band {det_band.filt}: the cached segmentation map {entry.seg_path} "
-                "differs from a fresh detection with the same parameters; remove it "
-                "(galseg cache clean) or segment with overwrite=True")
+        # The detection the product was just made from, when segment() ran it
+        # here; else detect again and check it against the saved map.
+        src = outcome.result.sources if outcome.result is not None else None
+        if src is None:
+            params = band_params(det_band, err_type, config, **overrides)
+            sci, header, noise = read_inputs(det_band, err_type)
+            src = detect_sources(sci, params=params, header=header, **noise)
+            if not np.array_equal(entry.load_seg(), src.segmap):
+                raise RuntimeError(
+                    f"detection band {det_band.filt}: the cached segmentation map "
+                    f"{entry.seg_path} differs from a fresh detection with the same "
+                    "parameters; remove it (galseg cache clean) or segment with overwrite=True")
         arrays = {"objects": src.objects, "segmap": src.segmap, "own_segmap": src.own_segmap,
                   "blank": src.blank, "data": src.data, "rms": src.rms}
         fs.begin()
@@ -273,9 +288,8 @@ def measure_forced(band, state: dict, params: Params, err_type="rms_err") -> Tab
         raise ValueError(f"band {band.filt} has shape {band.shape[1]}x{band.shape[0]} but the "
                          f"detection image has {shape[1]}x{shape[0]}; forced photometry needs "
                          "pixel-aligned images")
-    sci, header = band.load_im(incl_hdr=True)
-    prep = detect_sources(sci, params=_measurement_params(params), header=header,
-                          **_noise_kwargs(err_type, band.load_err(err_type)))
+    sci, header, noise = read_inputs(band, err_type)
+    prep = detect_sources(sci, params=_measurement_params(params), header=header, **noise)
     return measure(prep.data, prep.rms, state["segmap"], state["objects"], params,
                    wcs=band.load_wcs(), header=header, mask=prep.mask,
                    detection=state["data"], detection_rms=state["rms"],
@@ -335,7 +349,7 @@ def _run_forced(band, det_band, task: ForcedTask) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     fs, key, params = forced_entry(band, task.det_filt, task.det_key_sha256, task.err_type,
                                    task.method, task.config, **task.overrides)
-    computed, reason = False, "cached"
+    computed, reason, cat = False, "cached", None
     if task.overwrite or not fs.is_valid(key.sha256):
         with fs.lock():
             if task.overwrite or not fs.is_valid(key.sha256):
@@ -361,7 +375,8 @@ def _run_forced(band, det_band, task: ForcedTask) -> dict:
                 reason = "cached (made by another process)"
     return {"filt": band.filt, "cat_path": str(fs.path("cat")), "key": key.short,
             "computed": computed, "reason": reason, "seconds": time.perf_counter() - t0,
-            "cpu_seconds": time.process_time() - c0, "nobj": (fs.info or {}).get("nobj")}
+            "cpu_seconds": time.process_time() - c0, "nobj": (fs.info or {}).get("nobj"),
+            "table": cat}
 
 
 def forced_task(task: ForcedTask) -> dict:
@@ -385,12 +400,17 @@ class ForcedPhotResult:
         Per-band summary (``filt``, ``status``, ``nobj``, ``seconds``,
         ``cpu_seconds``, ``reason``, ``cat_path``, ``key``).
     state : DetectionState or None
+    tables : dict
+        Filter -> the catalogues this call computed, as written (cached ones
+        are not here); `multiband_catalog` joins these instead of reading the
+        files back, and empties the dict.
     """
 
     det_band: Any
     cat_paths: dict
     rows: list
     state: DetectionState | None
+    tables: dict = field(default_factory=dict)
 
 
 def perform_forced_phot(bands, det_band, *, err_type="rms_err", method="sep",
@@ -469,8 +489,9 @@ def perform_forced_phot(bands, det_band, *, err_type="rms_err", method="sep",
                          "nobj": r["nobj"], "seconds": r["seconds"],
                          "cpu_seconds": r["cpu_seconds"], "reason": r["reason"],
                          "cat_path": r["cat_path"], "key": r["key"]})
+    tables = {f: r["table"] for f, r in rows.items() if r.get("table") is not None}
     return ForcedPhotResult(det_band, {r["filt"]: Path(r["cat_path"]) for r in out_rows},
-                            out_rows, state)
+                            out_rows, state, tables)
 
 
 # ---------------------------------------------------------------- SExtractor reference
