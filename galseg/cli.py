@@ -342,5 +342,19 @@ def main(argv=None) -> int:
         return 1
 
 
+def run() -> None:
+    """Console-script entry point: `main`, then exit without a final garbage collection.
+
+    Freezing the objects still alive spares Python's last full collection at
+    interpreter exit (~0.3 s after a run); only done here, never inside
+    `main`, which tests and notebooks call in a long-lived process.
+    """
+    import gc
+
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

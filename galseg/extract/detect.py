@@ -1163,7 +1163,8 @@ def _share_pixels(seg, width, cd, data, thr, thr_is_map, weighted, coff, cpix, p
                 core = np.zeros((cy1 - cy0 + 1, cw), np.bool_)
                 for q in qs:
                     core[py[q] - cy0, px[q] - cx0] = True
-                coff2, cpix2 = _lutz_chains(core, 1)
+                # (np.int64: a literal 1 would compile a second specialisation)
+                coff2, cpix2 = _lutz_chains(core, np.int64(1))
                 for j in range(coff2[coff2.size - 1]):
                     ly = cpix2[j] // cw
                     lx = cpix2[j] - ly * cw
