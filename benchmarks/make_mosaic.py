@@ -137,12 +137,12 @@ def sources(size: int, seed: int = 1, density: float = 250.0) -> np.ndarray:
     return out[np.argsort(out["y"], kind="stable")]
 
 
-@numba.njit(cache=True)
+@numba.njit  # not cached: loaded from a file path by tests, under several module names
 def _sersic_b(n):
     return 2.0 * n - 1.0 / 3.0 + 4.0 / (405.0 * n) + 46.0 / (25515.0 * n * n)
 
 
-@numba.njit(cache=True)
+@numba.njit  # not cached: loaded from a file path by tests, under several module names
 def _render(out, y0, src_x, src_y, flux, kind, re, q, pa, rmax, psf_fwhm, psf_beta):
     """Add every source to the strip ``out`` (rows y0..y0+h), each normalised
     over its whole stamp so that a source spanning strips is the same in each."""

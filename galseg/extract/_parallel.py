@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 
-__all__ = ["ranges", "nthreads", "numba_parallel", "readonly", "small_pages"]
+__all__ = ["ranges", "nthreads", "numba_parallel", "readonly", "small_pages", "warm_numba",
+           "warming_numba"]
 
 _LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
@@ -130,3 +131,38 @@ def small_pages():
             _PAGES_DEPTH -= 1
             if _PAGES_DEPTH == 0:
                 switch(_PAGES_SAVED)
+
+
+_WARM = threading.Event()
+
+
+def warm_numba() -> None:
+    """numba's one-time set-up (its typing and lowering registries: ~0.3 s on
+    the first call of any compiled function in a process).  Runs no kernel and
+    starts no thread, so a process may fork safely afterwards."""
+    if _WARM.is_set():
+        return
+    try:
+        from numba.core.registry import cpu_target
+
+        cpu_target.typing_context.refresh()
+        cpu_target.target_context.refresh()
+    except Exception:  # noqa: BLE001 - only an optimisation
+        pass
+    _WARM.set()
+
+
+@contextlib.contextmanager
+def warming_numba():
+    """Do `warm_numba` on a helper thread while the body runs (e.g. while
+    inputs are read), and wait for it on exit: no thread outlives the block,
+    so the engine may fork afterwards."""
+    if _WARM.is_set():
+        yield
+        return
+    t = threading.Thread(target=warm_numba, name="galseg-numba-warm", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        t.join()

@@ -122,8 +122,10 @@ def read_inputs(band, err_type: str):
 
 def _compute(band, err_type, method, params):
     from ..extract import run
+    from ..extract._parallel import warming_numba
 
-    sci, header, noise = read_inputs(band, err_type)
+    with warming_numba():  # numba's set-up overlaps the reading
+        sci, header, noise = read_inputs(band, err_type)
     return run(sci, params=params, method=method, header=header, wcs=band.load_wcs(), **noise)
 
 
