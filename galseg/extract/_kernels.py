@@ -18,12 +18,15 @@ kernel            SExtractor 2.25 source
 Pixel conventions (shared by all kernels):
 
 * the optional pixel-flag map ``pf`` (uint8, bits `PF_BLANK`, `PF_MASK`,
-  `PF_MERGED`; used when ``has_pf``) says which pixels are detected, masked,
-  or merged into their object by CLEAN; without it every labelled pixel is
-  detected and none is masked or merged;
+  `PF_MERGED`, `PF_STUCK`; used when ``has_pf``) says which pixels are
+  detected, masked, merged into their object by CLEAN, or blanked for good;
+  without it every labelled pixel is detected and none is masked or merged;
 * a pixel is *blanked* for the object with segmentation label ``label`` when
   MASK_TYPE is not NONE and the pixel belongs to another detection (SExtractor
-  replaces those pixels by -BIG in its image buffer while it measures);
+  replaces those pixels by -BIG in its image buffer while it measures), or
+  has `PF_STUCK` (a pixel CLEAN merged into an object that SExtractor's scan
+  blanked again for good, for its own object too; see
+  `galseg.extract.engine.stuck_rows`);
 * a pixel is *bad* when its rms is not finite or it is masked (SExtractor's
   "weight above WEIGHT_THRESH");
 * blanked or bad pixels in an aperture are, for MASK_TYPE CORRECT, replaced by
@@ -69,10 +72,12 @@ MODE_BLANK = 1
 MODE_CORRECT = 2
 
 #: Bits of the pixel-flag map (``pf``): blanked while measuring other objects
-#: (detected pixel), user-masked, merged into its object by CLEAN.
+#: (detected pixel), user-masked, merged into its object by CLEAN, blanked
+#: while measuring any object (its own included).
 PF_BLANK = 1
 PF_MASK = 2
 PF_MERGED = 4
+PF_STUCK = 8
 
 FLAG_CROWDED = 1
 FLAG_SATUR = 4
@@ -84,7 +89,8 @@ def _blanked(seg, pf, has_pf, x, y, label, mode):
     if mode == MODE_NONE:
         return False
     if has_pf:
-        return (pf[y, x] & PF_BLANK) != 0 and seg[y, x] != label
+        f = pf[y, x]
+        return (f & PF_STUCK) != 0 or ((f & PF_BLANK) != 0 and seg[y, x] != label)
     s = seg[y, x]
     return s != 0 and s != label
 
@@ -114,7 +120,8 @@ def _usable(rms, seg, pf, has_pf, x, y, label, mode):
             return True
         if (f & PF_MASK) != 0:
             return False
-        return mode == MODE_NONE or (f & PF_BLANK) == 0 or seg[y, x] == label
+        return (mode == MODE_NONE or (f & (PF_BLANK | PF_STUCK)) == 0
+                or ((f & PF_STUCK) == 0 and seg[y, x] == label))
     if mode == MODE_NONE:
         return True
     s = seg[y, x]
@@ -134,7 +141,8 @@ def _row_usable(rms, seg, pf, has_pf, y, x0, x1, label, mode):
         for x in range(x0, x1):
             f = frow[x]
             nbad += (((f & PF_MASK) != 0)
-                     | (check_seg & ((f & PF_BLANK) != 0) & (srow[x] != label))
+                     | (check_seg & (((f & PF_STUCK) != 0)
+                                     | (((f & PF_BLANK) != 0) & (srow[x] != label))))
                      | (not (rrow[x] < np.inf)))
     elif mode != MODE_NONE:
         srow = seg[y]
@@ -1195,7 +1203,8 @@ def build_pixel_flags(seg, mask, has_mask, blank, has_blank, oseg, has_oseg, pf)
 
     ``PF_BLANK`` from ``blank`` (default: labelled pixels), ``PF_MASK`` from
     ``mask``, ``PF_MERGED`` where ``oseg`` (the objects' own pixels) differs
-    from ``seg``.
+    from ``seg``, and ``PF_STUCK`` on merged pixels that an explicit ``blank``
+    marks (SExtractor restores the others when CLEAN merges them).
     """
     h, w = seg.shape
     for y in range(h):
@@ -1211,6 +1220,8 @@ def build_pixel_flags(seg, mask, has_mask, blank, has_blank, oseg, has_oseg, pf)
                 f |= PF_MASK
             if has_oseg and s != 0 and oseg[y, x] != s:
                 f |= PF_MERGED
+                if has_blank and blank[y, x] != 0:
+                    f |= PF_STUCK
             pf[y, x] = f
 
 

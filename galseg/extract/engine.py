@@ -42,7 +42,7 @@ import numpy as np
 import sep
 
 from . import _parallel
-from ._kernels import PF_BLANK, PF_MERGED
+from ._kernels import PF_BLANK, PF_MERGED, PF_STUCK
 from ._parallel import readonly
 from .background import BIG, BackgroundResult, estimate_background, mesh_statistics
 from .clean import analyse_detections, clean_and_order, strip_geometry
@@ -95,7 +95,9 @@ class Sources:
         sources (``MASK_TYPE`` BLANK/CORRECT): a pixel above the detection
         threshold, except those of swallowed detections; bit ``PF_MERGED``
         (4): a pixel that CLEAN merged into its source from a swallowed
-        detection.  `galseg.extract.measure.measure` takes it as
+        detection; bit ``PF_STUCK`` (8, with both others): a merged pixel
+        that SExtractor blanks again for good, for its own source too (see
+        `stuck_rows`).  `galseg.extract.measure.measure` takes it as
         ``pixel_flags``; `blank` and `own_segmap` are derived from it.
     data : ndarray of float32
         Background-subtracted, interpolated science image (0 where masked).
@@ -442,7 +444,8 @@ def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, m
                                       kernel_height=khe)
     objects, lut, swallowed = _assemble_objects(det, props, absorber, order, params, height,
                                                 khe)
-    segmap, pixel_flags = _final_flag_maps(det, lut, swallowed)
+    stuck = stuck_rows(absorber, det.parent_ymax + 1, khe, height)
+    segmap, pixel_flags = _final_flag_maps(det, lut, swallowed, stuck)
     ndetect = len(det.objects)
     share["pixstack"], share["sub_object_limit"] = det.pixstack, det.sub_object_limit
     share["strips"] = det.strips
@@ -539,16 +542,55 @@ def _assemble(det, props, absorber, order, params, height, kernel_height):
     return objects, segmap, own, blank
 
 
-def _final_flag_maps(det, lut, swallowed):
+def stuck_rows(absorber, completion_line, kernel_height, height):
+    """For each raw detection, the first image row from which its pixels stay
+    blanked although CLEAN merged it into another one (``height``: none).
+
+    SExtractor blanks the detected pixels of the image buffers (the
+    measurement and the detection image) while it scans: without a filter
+    as soon as it reads them, with a filter of height ``kh`` only ``kh // 2
+    + 1`` lines later (``scan.c``, ``blankpad``), so that filtering still
+    sees the pixels.  CLEAN, however, runs when an object's island is
+    complete (scan line ``completion_line``) and pastes a swallowed
+    detection's pixels back into the image at once (``clean.c``,
+    ``pasteimage``).  Its pixels in the last ``kh // 2`` rows before that
+    line were not blanked yet: the scan blanks them afterwards, and as they
+    no longer belong to any object's blanking buffer nothing restores them.
+    They stay -BIG for every later measurement, the absorbing object's
+    included (APER, AUTO, FLUX_RADIUS, WIN: replaced by the mirror pixel
+    with MASK_TYPE CORRECT, 0 with BLANK).
+
+    The merge happens at the later of the two completion lines (the
+    newcomer's): a newcomer absorbed by a listed object, or listed objects
+    absorbed by a newcomer.
+    """
+    absorber = np.asarray(absorber, np.int64)
+    out = np.full(len(absorber), int(height), np.int64)
+    if kernel_height is None or len(absorber) == 0:
+        return out
+    yc = np.asarray(completion_line, np.int64)
+    sw = np.flatnonzero(absorber >= 0)
+    merged_at = np.maximum(yc[sw], yc[absorber[sw]])
+    out[sw] = merged_at - int(kernel_height) // 2
+    return out
+
+
+def _final_flag_maps(det, lut, swallowed, stuck=None):
     """The relabelled segmentation map and the pixel-flag map (`Sources`),
-    made in place of ``det.segmap`` and ``det.above``."""
+    made in place of ``det.segmap`` and ``det.above``.  ``stuck``
+    (`stuck_rows`, per raw detection) marks the merged pixels SExtractor
+    leaves blanked."""
     if len(det.objects) == 0:
         return (np.zeros(det.segmap.shape, np.int32),
                 det.above.astype(np.uint8) * np.uint8(PF_BLANK))
     segmap = det.segmap
     flags = det.above.view(np.uint8)  # 0/1 == PF_BLANK: becomes the flag map
     swl = np.r_[False, swallowed].astype(np.bool_)
-    _flag_maps(segmap.reshape(-1), lut, swl, flags.reshape(-1))
+    height, width = segmap.shape
+    stuck_l = np.full(len(swl), height, np.int64)
+    if stuck is not None:
+        stuck_l[1:] = stuck
+    _flag_maps(segmap.reshape(-1), lut, swl, flags.reshape(-1), stuck_l, width)
     return segmap, flags
 
 
@@ -627,17 +669,21 @@ def _assemble_objects(det, props, absorber, order, params, height, kernel_height
 
 
 @numba.njit(cache=True)
-def _flag_maps(seg, lut, swallowed, flags):
+def _flag_maps(seg, lut, swallowed, flags, stuck, width):
     """Relabel ``seg`` through ``lut``; ``flags`` (the detected pixels, 0/1)
     becomes the pixel-flag map: a swallowed detection's pixels are merged
-    into their survivor (``PF_MERGED``) and not blanked."""
+    into their survivor (``PF_MERGED``) and not blanked, except from row
+    ``stuck[label]`` on (`stuck_rows`: ``PF_MERGED | PF_BLANK | PF_STUCK``)."""
     n = seg.size
     for i in range(n):
         v = seg[i]
         if v:
             seg[i] = lut[v]
             if swallowed[v]:
-                flags[i] = PF_MERGED
+                if i // width >= stuck[v]:
+                    flags[i] = PF_MERGED | PF_BLANK | PF_STUCK
+                else:
+                    flags[i] = PF_MERGED
 
 
 @numba.njit(cache=True)

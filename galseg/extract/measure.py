@@ -285,7 +285,10 @@ def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=N
     blank : 2-D bool array, optional
         Pixels SExtractor blanks while measuring neighbours (all pixels above
         the detection threshold, minus objects removed by CLEAN).  Default:
-        ``segmap != 0``.
+        ``segmap != 0``.  A pixel that CLEAN merged into its object (where
+        ``iso_segmap`` differs from ``segmap``) and that ``blank`` marks is
+        one SExtractor blanked again for good: blanked for its own object
+        too (see `galseg.extract.engine.stuck_rows`).
     iso_segmap : 2-D int array, optional
         The objects' own pixels before CLEAN merged swallowed detections into
         them (label ``i + 1`` on object ``i``'s own pixels; anything else on
@@ -304,7 +307,8 @@ def measure(data, rms, segmap, objects, params, *, wcs=None, header=None, mask=N
         makes it (`galseg.extract.engine.Sources.pixel_flags`): bit
         ``PF_BLANK`` (1) on the pixels ``blank`` would mark, ``PF_MASK`` (2)
         on masked pixels, ``PF_MERGED`` (4) on the pixels that CLEAN merged
-        into their object (where ``iso_segmap`` differs from ``segmap``).
+        into their object (where ``iso_segmap`` differs from ``segmap``),
+        ``PF_STUCK`` (8) on merged pixels blanked for their own object too.
         When given, ``mask``, ``blank`` and ``iso_segmap`` are ignored.
 
     Returns

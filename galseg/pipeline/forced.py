@@ -71,7 +71,8 @@ __all__ = [
 log = logging.getLogger("galseg.pipeline")
 
 FORCED_METHODS = ("sep", "sextractor")
-_FORMAT = 1
+_FORMAT = 2  # 2: CLEAN-merged pixels SExtractor leaves blanked (engine.stuck_rows)
+_STATE_KIND = "detection_state:2"  # the blank map changed with _FORMAT 2
 DETECTION_PARTS = {
     "objects": "_objects.npy",
     "segmap": "_segmap.npy",
@@ -110,7 +111,7 @@ class DetectionState:
     shape: tuple
 
     def fileset(self) -> FileSet:
-        return FileSet(self.directory, self.stem, DETECTION_PARTS, "detection_state")
+        return FileSet(self.directory, self.stem, DETECTION_PARTS, _STATE_KIND)
 
     def load(self) -> dict[str, np.ndarray]:
         """The arrays, memory-mapped copy-on-write (shared page cache, never written back)."""

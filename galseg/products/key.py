@@ -54,13 +54,14 @@ def library_versions() -> dict[str, str]:
 def _library_versions() -> tuple[tuple[str, str], ...]:
     # Read once per process: importlib.metadata parses the dist-info (~0.5 ms),
     # and the sep version is read without importing sep.
-    from galseg._version import __version__
+    from galseg._version import ENGINE_REVISION, __version__
 
     try:
         sep_version = metadata.version("sep")
     except metadata.PackageNotFoundError:  # pragma: no cover - sep is a dependency
         sep_version = "absent"
-    return (("galseg", __version__), ("sep", sep_version))
+    return (("galseg", __version__), ("galseg_engine", str(ENGINE_REVISION)),
+            ("sep", sep_version))
 
 
 def _jsonable(value: Any, where: str) -> Any:

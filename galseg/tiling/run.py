@@ -510,7 +510,7 @@ def _chain_table(scans) -> dict:
 
 def _global_clean(analysed, nraw, params, shape, kernel) -> dict:
     """CLEAN, numbering and merging over the whole catalogue, as the engine does."""
-    from ..extract.engine import _assemble
+    from ..extract.engine import _assemble, stuck_rows
 
     raw_index = np.concatenate([a.raw_index for a in analysed]) if analysed else \
         np.zeros(0, np.int64)
@@ -542,6 +542,9 @@ def _global_clean(analysed, nraw, params, shape, kernel) -> dict:
     height = shape[0]
     absorber, cat_order = clean_and_order(props_k, props_k, pymax[kidx] + 1, params, height,
                                           kernel_height=khe)
+    stuck = np.full(nraw, height, np.int64)
+    if len(kidx):
+        stuck[kidx] = stuck_rows(absorber, pymax[kidx] + 1, khe, height)
     det = SimpleNamespace(objects=objs_k, segmap=np.zeros((1, 1), np.int32),
                           above=np.zeros((1, 1), bool), parent=parent[kidx],
                           parent_ymin=pymin[kidx], parent_ymax=pymax[kidx])
@@ -554,7 +557,7 @@ def _global_clean(analysed, nraw, params, shape, kernel) -> dict:
     if len(kidx):
         final[kidx] = number[_roots(absorber)]
         gone[kidx] = absorber >= 0
-    return {"objects": objects, "final": final, "swallowed": gone,
+    return {"objects": objects, "final": final, "swallowed": gone, "stuck_row": stuck,
             "object_chain": parent[kidx][cat_order] if nout else np.zeros(0, np.int64),
             "nkept": int(len(kidx)), "nmerged": int(np.count_nonzero(absorber >= 0))}
 
@@ -569,6 +572,7 @@ def _finish_task(ctx, win, chains, label_off_all, glob_tab, states, has_state, o
     owned = (chains["owner"][sel] == owned_by) if owned_by is not None else \
         np.zeros(len(sel), bool)
     return FinishTask(ctx, win, chains["keys"][sel], label_off, glob_tab["final"][idx],
-                      glob_tab["swallowed"][idx], owned, states[sel], has_state[sel], objects,
+                      glob_tab["swallowed"][idx], glob_tab["stuck_row"][idx], owned,
+                      states[sel], has_state[sel], objects,
                       write_seg=owned_by is not None,
                       write_bkg=owned_by is not None and win.core is not None)

@@ -520,8 +520,10 @@ class FinishTask:
     ``chain_keys`` (sorted) lists every detection whose box meets the window,
     with its first global object index, its objects' final labels
     (``labels[label_off[i]:label_off[i + 1]]``: the ``NUMBER`` of the object
-    each was merged into, 0 if dropped) and whether each was swallowed by
-    CLEAN; ``owned`` marks those this window writes.  ``objects`` are the
+    each was merged into, 0 if dropped), whether each was swallowed by
+    CLEAN and the image row from which its pixels stay blanked all the same
+    (``stuck_row``, `galseg.extract.engine.stuck_rows`); ``owned`` marks
+    those this window writes.  ``objects`` are the
     catalogue rows (image coordinates) this window measures.
     """
 
@@ -531,6 +533,7 @@ class FinishTask:
     label_off: np.ndarray
     labels: np.ndarray
     swallowed: np.ndarray
+    stuck_row: np.ndarray
     owned: np.ndarray
     states: np.ndarray
     has_state: np.ndarray
@@ -632,6 +635,7 @@ def finish_window(task: FinishTask) -> FinishResult:
     final = np.full(nobj + 1, -1, np.int64)
     final[0] = 0
     gone = np.zeros(nobj + 1, bool)
+    stuck = np.full(nobj + 1, h, np.int64)  # window rows
     owned_obj = np.zeros(nobj + 1, bool)
     for c, r in zip(wc.tolist(), row.tolist()):
         f = int(st.first_obj[c])
@@ -639,6 +643,7 @@ def finish_window(task: FinishTask) -> FinishResult:
         a, b = task.label_off[r], task.label_off[r + 1]
         final[f + 1:f + 1 + k] = task.labels[a:b]
         gone[f + 1:f + 1 + k] = task.swallowed[a:b]
+        stuck[f + 1:f + 1 + k] = task.stuck_row[a:b] - win.y0
         owned_obj[f + 1:f + 1 + k] = task.owned[r]
 
     nwritten = 0
@@ -674,7 +679,8 @@ def finish_window(task: FinishTask) -> FinishResult:
     own = np.where(gone, 0, lab32)
     seg_m = lab32[seg]
     own_m = own[seg]
-    blank = det.above & ~gone[seg]
+    # a swallowed detection's pixels are not blanked, but for its last rows
+    blank = det.above & (~gone[seg] | (np.arange(seg.shape[0])[:, None] >= stuck[seg]))
     local = _shift(objs, -win.x0, -win.y0, PROPS_POSITION_FIELDS)
     if _F32_CENTRES:
         # The aperture and Kron kernels round the centre to single precision,
