@@ -222,31 +222,80 @@ def atomic_write_fits_image(data, path: str | os.PathLike, header=None, *,
     head = hdu.header.tostring().encode("ascii")
     h = hashlib.sha256() if sha256 else None
     rows = max(1, chunk_bytes // max(1, be.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))))
-    nbytes = 0
+    nrows = arr.shape[0] if arr.ndim else 1
+    nbytes = arr.size * be.itemsize
+    total = len(head) + nbytes + (-nbytes % 2880)
+    # rows that are all the same (a broadcast constant map, e.g. a MANUAL
+    # background): convert one block and use it again and again
+    same_rows = arr.ndim > 0 and arr.strides[0] == 0
+    first = np.ascontiguousarray(arr[:rows], dtype=be) if same_rows else None
     with atomic_write(path, "wb", fsync=fsync) as f:
         f.write(head)
+        f.flush()
         if h is not None:
             h.update(head)
-        nrows = arr.shape[0] if arr.ndim else 1
-        # rows that are all the same (a broadcast constant map, e.g. a MANUAL
-        # background): convert one block and write it again and again
-        same_rows = arr.ndim > 0 and arr.strides[0] == 0
-        first = np.ascontiguousarray(arr[:rows], dtype=be) if same_rows else None
+        fd = f.fileno()
+        offset = len(head)
         for start in range(0, nrows, rows):
             block = (first[:min(rows, nrows - start)] if same_rows
                      else np.ascontiguousarray(arr[start:start + rows], dtype=be))
-            f.write(block.data)
+            _write_sparse(fd, offset, block.view(np.uint8).reshape(-1))
             if h is not None:
                 h.update(block.data)
-            nbytes += block.nbytes
-        pad = b"\0" * (-nbytes % 2880)
-        f.write(pad)
+            offset += block.nbytes
         if h is not None:
-            h.update(pad)
-        f.flush()
-        st = os.fstat(f.fileno())
+            h.update(b"\0" * (total - offset))
+        # the padding, and any trailing hole, are zeros
+        os.ftruncate(fd, total)
+        f.seek(0, os.SEEK_END)
+        st = os.fstat(fd)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
             "sha256": h.hexdigest() if h is not None else None}
+
+
+_PAGE = 4096
+
+
+def _write_sparse(fd: int, offset: int, data) -> None:
+    """``pwrite`` the bytes ``data`` at ``offset``, leaving file-system pages
+    that would hold only zeros unwritten (holes: they read back as zeros).
+
+    Segmentation maps are mostly 0 and a MANUAL background of 0 is all zeros:
+    not writing those pages spares the page-cache copies and disk blocks.
+    Pages are aligned to the file offset; partial pages at the ends are
+    written.  The caller extends the file to its full size at the end.
+    """
+    import numpy as np
+
+    n = data.shape[0]
+    lead = min(n, -offset % _PAGE)
+    npage = (n - lead) // _PAGE
+    if npage < 4:
+        _pwrite_all(fd, data, offset)
+        return
+    pages = data[lead:lead + npage * _PAGE].reshape(npage, _PAGE)
+    nonzero = pages.view(np.uint64).any(axis=1) if _PAGE % 8 == 0 else pages.any(axis=1)
+    if nonzero.all():
+        _pwrite_all(fd, data, offset)
+        return
+    # runs of pages to write: [lo, hi) in page units, the partial ends included
+    edges = np.flatnonzero(np.diff(np.r_[False, nonzero, False].astype(np.int8)))
+    runs = [(lead + a * _PAGE, lead + b * _PAGE) for a, b in zip(edges[::2], edges[1::2])]
+    if lead and data[:lead].any():
+        runs.insert(0, (0, lead))
+    tail = lead + npage * _PAGE
+    if tail < n and data[tail:].any():
+        runs.append((tail, n))
+    for lo, hi in runs:
+        _pwrite_all(fd, data[lo:hi], offset + lo)
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        k = os.pwrite(fd, view, offset)
+        view = view[k:]
+        offset += k
 
 
 def _fd_sha256(fd: int) -> str:
