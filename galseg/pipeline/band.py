@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -110,13 +111,14 @@ def read_inputs(band, err_type: str):
         return data
 
     inputs = _inputs(band, err_type)
-    sci = read("sci", "science image")
-    if err_type in inputs:
-        err = read(err_type, f"{err_type} map")
-    elif err_type == "rms_err":
-        err = _rms_from_wht(read("wht", "wht map"))
-    else:
-        err = _wht_from_rms(read("rms_err", "rms_err map"))
+    noise_role = err_type if err_type in inputs else ("wht" if err_type == "rms_err" else "rms_err")
+    # both files at once: reading, hashing and byte-swapping release the GIL
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="galseg-read") as pool:
+        sci_f = pool.submit(read, "sci", "science image")
+        err = read(noise_role, f"{noise_role} map")
+        sci = sci_f.result()
+    if noise_role != err_type:  # derived from the other map
+        err = _rms_from_wht(err) if err_type == "rms_err" else _wht_from_rms(err)
     return sci, band.header, ({"rms": err} if err_type == "rms_err" else {"wht": err})
 
 

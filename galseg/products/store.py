@@ -28,6 +28,7 @@ import os
 import platform
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -500,14 +501,23 @@ class ProductEntry:
             "provenance": user_prov,
         }
         wcs = wcs_cards(wcs_header)
-        files = {}
+        jobs = {}
         for part, data, dtype in (("seg", seg, np.int32), ("bkg", bkg, np.float32)):
             hdr = wcs.copy()
             apply_provenance(hdr, prov, PRODUCT_TYPES[part])
-            files[part] = _write_part(hdr, self.path(part), image=data, dtype=dtype)
+            jobs[part] = (hdr, self.path(part), data, dtype)
         primary = fits.PrimaryHDU()
         apply_provenance(primary.header, prov, PRODUCT_TYPES["cat"])
-        files["cat"] = _write_part(fits.HDUList([primary, _table_hdu(cat)]), self.cat_path)
+        jobs["cat"] = (fits.HDUList([primary, _table_hdu(cat)]), self.cat_path, None, None)
+        # The files are independent: the images are written (conversion,
+        # hashing and I/O release the GIL) while the catalogue is serialised;
+        # any failure propagates before the sidecar is written.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="galseg-save") as pool:
+            futures = {part: pool.submit(_write_part, hdus, path, image=data, dtype=dtype)
+                       for part, (hdus, path, data, dtype) in jobs.items() if part != "cat"}
+            hdus, path, _, _ = jobs["cat"]
+            files = {"cat": _write_part(hdus, path)}
+            files.update((part, f.result()) for part, f in futures.items())
 
         if lock is not None and not lock.still_held():
             raise LockLost(f"lock {self.lock_path} was broken during the save of {self.stem}; "
