@@ -19,8 +19,10 @@ End to end means what galfind does for a catalogue:
 
 Modes (each in a fresh child process, products in a fresh work directory):
 
-``serial``   galseg, ``workers=1``
-``pool2``    galseg, 2 local worker processes
+``serial``   galseg, ``workers=1`` (one process; numba kernels on all cores)
+``serial1``  galseg, ``workers=1`` on one core (``NUMBA_NUM_THREADS=1``): the
+             baseline for the process-level scaling of ``pool2``
+``pool2``    galseg, 2 local worker processes (one core each)
 ``dask``     galseg on a ``distributed.LocalCluster(n_workers=2, threads_per_worker=1)``
              (cluster start-up reported separately)
 ``sextractor`` SExtractor 2.25 run per band in sequence, as galfind does:
@@ -66,7 +68,7 @@ VIKING = {"Z", "Y", "J", "H", "Ks"}
 PIX_SCALE = 0.339
 ZP = 30.0
 RECIPE = 1
-MODES = ("serial", "pool2", "dask", "sextractor")
+MODES = ("serial", "serial1", "pool2", "dask", "sextractor")
 
 
 # ---------------------------------------------------------------- inputs
@@ -115,7 +117,7 @@ def run_galseg(mode: str, folder: Path, work: Path, det: str) -> dict:
     t0 = time.perf_counter()
     if mode == "pool2":
         kw = {"workers": 2}
-    elif mode == "serial":
+    elif mode in ("serial", "serial1"):
         kw = {"workers": 1}
     elif mode == "dask":
         from distributed import Client, LocalCluster
@@ -265,10 +267,13 @@ def _child(args) -> None:
 
 
 def _spawn(mode: str, folder: Path, work: Path, det: str) -> dict:
+    env = dict(os.environ)
+    if mode == "serial1":
+        env["NUMBA_NUM_THREADS"] = "1"
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", mode,
                            "--field", str(folder), "--work", str(work), "--det", det],
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False, env=env)
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -315,13 +320,16 @@ def main(argv=None) -> int:
         rows = []
         ref = results.get("sextractor")
         serial = results.get("serial")
+        serial1 = results.get("serial1")
         header = (f"{'mode':<11} {'segment':>8} {'forced':>8} {'total':>8} {'process':>8} "
                   f"{'RSS MB':>7} {'child MB':>8}  notes")
         rows.append(header)
         for mode, r in results.items():
             note = []
-            if serial and mode != "serial" and mode != "sextractor":
+            if serial and mode not in ("serial", "serial1", "sextractor"):
                 note.append(f"{serial['total_s'] / r['total_s']:.2f}x serial")
+            if serial1 and mode in ("pool2", "dask"):
+                note.append(f"{serial1['total_s'] / r['total_s']:.2f}x serial1")
             if ref and mode != "sextractor":
                 note.append(f"{r['total_s'] / ref['total_s']:.2f}x SExtractor")
             if "cluster_start_s" in r:
@@ -343,6 +351,8 @@ def main(argv=None) -> int:
             "targets": {
                 "pool2_speedup_vs_serial": (serial["total_s"] / results["pool2"]["total_s"]
                                             if serial and "pool2" in results else None),
+                "pool2_speedup_vs_serial1": (serial1["total_s"] / results["pool2"]["total_s"]
+                                             if serial1 and "pool2" in results else None),
                 "serial_over_sextractor": (serial["total_s"] / ref["total_s"]
                                            if serial and ref else None),
             },

@@ -584,16 +584,21 @@ def test_unlocked_concurrent_saves_never_yield_a_trusted_mix(tmp_path, inputs):
 
 
 def _kill_during_save(work, sci, rms, size):
-    """Start a child that saves a big product; SIGKILL it once the seg file is in place."""
+    """Start a child that saves a big product; SIGKILL it once one image file is in
+    place while the other is still being written (the two are written at once)."""
     entry = entry_for(work, sci, rms)
     proc = _child("save-big", work, sci, rms, size, wait=False)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        if entry.seg_path.exists() and any(entry.directory.glob(f".{entry.stem}_bkg.fits.*.tmp")):
-            # seg renamed into place, bkg being written into its temp file
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.0003)
+        for done, part in ((entry.seg_path, "bkg"), (entry.bkg_path, "seg")):
+            if done.exists() and any(entry.directory.glob(f".{entry.stem}_{part}.fits.*.tmp")):
+                # one image renamed into place, the other in its temp file
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        else:
+            time.sleep(0.0003)
+            continue
+        break
     proc.wait(timeout=30)
     return proc.returncode == -signal.SIGKILL and not entry.sidecar_path.exists()
 
@@ -611,7 +616,7 @@ def test_sigkill_mid_save_is_never_trusted(tmp_path, inputs, caplog):
     left = sorted(p.name for p in entry.directory.iterdir())
     print(f"\nkilled mid-save ({size}x{size} maps); left on disk: {left}")
     temps = [p for p in entry.directory.iterdir() if TEMP_PATTERN.match(p.name)]
-    assert entry.seg_path.exists() and len(temps) == 1
+    assert (entry.seg_path.exists() or entry.bkg_path.exists()) and len(temps) == 1
     assert not entry.is_valid() and entry.why_invalid.startswith("incomplete")
     with caplog.at_level(logging.INFO, logger="galseg.products"):
         out = get_or_compute(entry, lambda: compute(sci, rms), lock_timeout=10)
