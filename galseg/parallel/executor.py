@@ -48,6 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,12 @@ _POOL_LOCK = threading.Lock()
 
 class BandTaskError(RuntimeError):
     """A band task failed in a worker; the message names the band."""
+
+
+_BROKEN_HINT = (
+    " (a worker process died: out of memory, or, when galseg runs from a script, "
+    "a script without an `if __name__ == \"__main__\":` guard around its main code "
+    "(workers import the script again); workers=1 runs in this process)")
 
 
 def default_workers(ntasks: int) -> int:
@@ -297,9 +304,10 @@ def _map_pool(fn, tasks, n, progress, desc):
                     i = futures[fut]
                     exc = fut.exception()
                     if exc is not None:
+                        hint = _BROKEN_HINT if isinstance(exc, BrokenProcessPool) else ""
                         raise BandTaskError(
                             f"{_label(tasks[i], i)} failed in a worker process: "
-                            f"{type(exc).__name__}: {exc}") from exc
+                            f"{type(exc).__name__}: {exc}{hint}") from exc
                     results[i] = fut.result()
                     if bar is not None:
                         bar.update(1)
