@@ -204,9 +204,10 @@ def _cmd_cache(args):
         elif len(table) == 0:
             print(f"no products under {work_dir}")
         else:
-            table["survey", "version", "instrument", "weight_type", "filt", "label", "hash",
-                  "created", "nobj", "valid", "size", "reason"].pprint(max_lines=-1, max_width=-1)
-            print(f"{len(table)} products, {int((~table['valid']).sum())} invalid, "
+            table["kind", "survey", "version", "instrument", "weight_type", "filt", "label",
+                  "detection", "hash", "created", "nobj", "valid", "size",
+                  "reason"].pprint(max_lines=-1, max_width=-1)
+            print(f"{len(table)} cached items, {int((~table['valid']).sum())} invalid, "
                   f"{table['size'].sum() / 1e6:.1f} MB")
         return 0
     removed = clean(work_dir, invalid_only=not args.all, older_than=args.older_than,

@@ -4,6 +4,7 @@ The reference is SExtractor 2.25 run in dual-image mode on the same files, as
 galfind runs it (``source-extractor det.fits,band.fits -c default.sex ...``).
 """
 
+import os
 import shutil
 import subprocess
 import warnings
@@ -227,6 +228,46 @@ def test_multiband_catalogue_of_the_demo(tmp_path):
     mtime = data.cat_path.stat().st_mtime_ns
     data.perform_forced_phot("F125W+F160W", workers=1, progress=False)
     assert data.cat_path.stat().st_mtime_ns == mtime
+
+
+def test_cache_list_and_clean_cover_stacks_and_catalogues(tmp_path):
+    """`galseg cache list|clean` see the pipeline's file sets, not only segmentation products."""
+    from galseg.products import clean, list_products
+
+    data = Data.from_survey_version("XDF-demo", "v1", work_dir=tmp_path)
+    data.perform_forced_phot("F125W+F160W", workers=1, progress=False)
+    table = list_products(tmp_path)
+    kinds = sorted(set(table["kind"]))
+    assert kinds == ["detection_state", "forced_catalog", "multiband_catalog", "segmentation",
+                     "stack"]
+    forced = table[table["kind"] == "forced_catalog"]
+    assert sorted(forced["filt"]) == sorted(b.filt for b in data)
+    assert set(forced["detection"]) == {"F125W+F160W"} and all(table["valid"])
+    state = table[table["kind"] == "detection_state"][0]
+    assert state["nobj"] == len(data.load_cat()) and state["size"] > 0
+    assert clean(tmp_path) == []                       # nothing invalid
+
+    # A damaged forced catalogue: listed invalid with the reason, cleaned alone.
+    path = data.forced_phot.cat_paths["F606W"]
+    with open(path, "r+b") as f:
+        f.seek(-10, os.SEEK_END)
+        f.write(b"0123456789")
+    table = list_products(tmp_path)
+    bad = table[~table["valid"]]
+    assert list(bad["filt"]) == ["F606W"] and "checksum mismatch" in bad["reason"][0]
+    removed = clean(tmp_path)
+    sidecar = path.with_name(path.name[: -len("_cat.fits")] + ".json")
+    assert sorted(removed) == sorted([path, sidecar]) and not path.exists()
+    assert len(list_products(tmp_path)) == len(table) - 1 and all(list_products(tmp_path)["valid"])
+    # The pipeline makes it again; everything else is reused.
+    data.perform_forced_phot("F125W+F160W", workers=1, progress=False)
+    rows = {r["filt"]: r["status"] for r in data.forced_phot.rows}
+    assert rows["F606W"] == "computed" and list(rows.values()).count("computed") == 1
+
+    # invalid_only=False with a filter removes that band's valid sets only.
+    removed = clean(tmp_path, invalid_only=False, filt="F435W")
+    left = list_products(tmp_path)
+    assert removed and "F435W" not in set(left["filt"]) and len(left) == len(table) - 1
 
 
 def test_join_is_by_number_not_row_order():

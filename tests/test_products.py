@@ -715,7 +715,7 @@ def test_list_and_clean(tmp_path, inputs):
 
     res = subprocess.run([sys.executable, "-m", "galseg.cli", "cache", "list", "--work-dir", str(work)],
                          capture_output=True, text=True, env=dict(os.environ))
-    assert res.returncode == 0 and good.short_hash in res.stdout and "1 products, 0 invalid" in res.stdout
+    assert res.returncode == 0 and good.short_hash in res.stdout and "1 cached items, 0 invalid" in res.stdout
     assert clean(work, invalid_only=False, survey="OTHER") == []
     assert clean(work, invalid_only=False, older_than="1h") == []      # too recent
     removed = clean(work, invalid_only=False, survey="JADES-GS")

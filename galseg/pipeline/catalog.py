@@ -37,7 +37,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from ..io.atomic import atomic_write, atomic_write_fits, file_sha256_stat
-from ._fileset import FileSet
+from ..products.fileset import FileSet
 
 __all__ = ["SHARED_COLUMNS", "COLUMN_DESCRIPTIONS", "describe_column", "join_forced",
            "multiband_catalog", "multiband_fileset", "multiband_key", "write_multiband"]

@@ -50,7 +50,7 @@ from astropy.table import Table
 from ..extract.params import Params
 from ..io.atomic import atomic_write, atomic_write_fits
 from ..products import make_key
-from ._fileset import FileSet
+from ..products.fileset import FileSet
 from .band import WEIGHT_TYPES, _config_label, _file_sha256, _inputs, band_params, read_inputs
 
 __all__ = [

@@ -65,7 +65,7 @@ from ..imaging.filters import canonical_filter, filter_wavelength
 from ..io.atomic import atomic_write_fits_image
 from ..io.fits import _open, resolve_ext
 from ..products import make_key
-from ._fileset import FileSet
+from ..products.fileset import FileSet
 
 __all__ = ["stack_bands", "stack_name", "parse_band_list", "zp_scale", "STACK_PARTS"]
 

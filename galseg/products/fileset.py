@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..io.atomic import atomic_write_json, file_sha256_stat, fsync_dir
-from ..products import FileLock
-from ..products.key import _jsonable, library_versions
+from .key import _jsonable, library_versions
+from .lock import FileLock
 
 __all__ = ["FileSet", "FILESET_FORMAT"]
 
@@ -57,6 +57,34 @@ class FileSet:
 
     def __repr__(self) -> str:
         return f"FileSet({str(self.directory / self.stem)!r}, {self.kind})"
+
+    @classmethod
+    def from_sidecar(cls, path) -> "FileSet | None":
+        """The set a sidecar describes (its kind and parts as recorded), or None
+        when ``path`` is not a readable file-set sidecar.  For listing and
+        cleaning a cache without knowing what made it."""
+        path = Path(path)
+        if not path.name.endswith(".json"):
+            return None
+        stem = path.name[: -len(".json")]
+        fs = cls(path.parent, stem, {}, "")
+        sc = fs.read_sidecar()
+        if not sc or sc.get("format") != FILESET_FORMAT or not isinstance(sc.get("files"), dict):
+            return None
+        parts = {}
+        for part, rec in sc["files"].items():
+            name = (rec or {}).get("name", "")
+            if not name.startswith(stem):
+                return None
+            parts[part] = name[len(stem):]
+        fs.parts, fs.kind = parts, str(sc.get("kind", ""))
+        return fs
+
+    def is_intact(self) -> bool:
+        """Whether the committed set is complete and unchanged, for the key it
+        records (`is_valid` also requires the key the caller expects)."""
+        sc = self.read_sidecar() or {}
+        return self.is_valid(str(sc.get("key_sha256", "")))
 
     def path(self, part: str) -> Path:
         """Path of ``part`` (one of `parts`, or ``"sidecar"`` / ``"lock"``)."""
