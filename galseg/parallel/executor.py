@@ -113,14 +113,14 @@ def _call(fn: Callable, task: Any, threads: int | None):
     return fn(task)
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool, unit: str = "band"):
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is optional (the "parallel" extra)
         return None
-    return tqdm(total=total, desc=desc, unit="band", file=sys.stderr, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
 
 
 def _label(task, i: int) -> str:
@@ -219,20 +219,104 @@ def map_bands(fn: Callable[[Any], Any], tasks: Sequence[Any], *, workers: int | 
 
 def _map_serial(fn, tasks, progress, desc):
     bar = _progress(len(tasks), desc, progress)
-    out = []
     try:
-        for i, task in enumerate(tasks):
-            try:
-                out.append(fn(task))
-            except Exception as exc:
-                raise BandTaskError(
-                    f"{_label(task, i)} failed: {type(exc).__name__}: {exc}") from exc
-            if bar is not None:
-                bar.update(1)
+        return _run_serial(fn, tasks, bar, BandTaskError)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _run_serial(fn: Callable, tasks: Sequence, bar, error: type, what: str = "") -> list:
+    """``fn(task)`` for every task in this process; a failure raises ``error``
+    naming the task (``what`` prefixes its label)."""
+    out = []
+    for i, task in enumerate(tasks):
+        try:
+            out.append(fn(task))
+        except Exception as exc:
+            raise error(f"{what}{_label(task, i)} failed: {type(exc).__name__}: {exc}") from exc
+        if bar is not None:
+            bar.update(1)
     return out
+
+
+def _run_on_pool(pool: ProcessPoolExecutor, fn: Callable, tasks: Sequence, threads: int, bar,
+                error: type, what: str = "") -> list:
+    """``fn(task)`` for every task on a process pool, each worker limited to
+    ``threads`` threads; results in task order.  The first failure cancels
+    the pending tasks and raises ``error`` naming the task."""
+    results: list = [None] * len(tasks)
+    futures = {pool.submit(_call, fn, task, threads): i for i, task in enumerate(tasks)}
+    pending = set(futures)
+    try:
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                i = futures[fut]
+                exc = fut.exception()
+                if exc is not None:
+                    hint = _BROKEN_HINT if isinstance(exc, BrokenProcessPool) else ""
+                    raise error(f"{what}{_label(tasks[i], i)} failed in a worker process: "
+                                f"{type(exc).__name__}: {exc}{hint}") from exc
+                results[i] = fut.result()
+                if bar is not None:
+                    bar.update(1)
+    except BaseException:
+        for fut in pending:
+            fut.cancel()
+        raise
+    return results
+
+
+def _dask_client(scheduler):
+    """``(client, owned)`` for a `distributed.Client` or a scheduler address
+    (``owned``: made here, to be closed by the caller)."""
+    try:
+        import distributed
+    except ImportError:
+        raise ImportError(
+            "scheduler= needs dask.distributed: pip install 'galseg[parallel]'") from None
+    if isinstance(scheduler, str):
+        return distributed.Client(scheduler), True
+    if isinstance(scheduler, distributed.Client):
+        return scheduler, False
+    raise TypeError(f"scheduler must be a distributed.Client or an address string, "
+                    f"got {type(scheduler).__name__}")
+
+
+def _dask_worker_threads(client) -> int:
+    """Worker threads of a Dask cluster (at least 1)."""
+    info = client.scheduler_info()
+    return sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()) or 1
+
+
+def _run_on_dask(client, fn: Callable, tasks: Sequence, threads: int, bar, error: type,
+                what: str = "", desc: str = "tasks") -> list:
+    """``fn(task)`` for every task on a Dask cluster (``pure=False``), results
+    in task order; the first failure cancels the rest and raises ``error``."""
+    import distributed
+
+    keys = [f"galseg-{desc}-{_label(t, i)}-{os.getpid()}-{time.time_ns()}"
+            for i, t in enumerate(tasks)]
+    futures = client.map(_call, [fn] * len(tasks), tasks, [threads] * len(tasks),
+                         key=keys, pure=False)
+    index = {f.key: i for i, f in enumerate(futures)}
+    results: list = [None] * len(tasks)
+    try:
+        for fut in distributed.as_completed(futures):
+            i = index[fut.key]
+            if fut.status == "error":
+                exc = fut.exception()
+                raise error(f"{what}{_label(tasks[i], i)} failed on the Dask cluster: "
+                            f"{type(exc).__name__}: {exc}") from exc
+            results[i] = fut.result()
+            fut.release()  # let the worker drop its copy of the result
+            if bar is not None:
+                bar.update(1)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return results
 
 
 def shutdown_pools(wait_for_workers: bool = True) -> None:
@@ -288,34 +372,13 @@ def _expire(n: int, pool: ProcessPoolExecutor) -> None:
 
 
 def _map_pool(fn, tasks, n, progress, desc):
-    threads = max(1, _cpu_count() // n)
-    results: list = [None] * len(tasks)
     bar = _progress(len(tasks), desc, progress)
     t0 = time.perf_counter()
     pool = _acquire_pool(n)
     healthy = False
     try:
-        futures = {pool.submit(_call, fn, task, threads): i for i, task in enumerate(tasks)}
-        pending = set(futures)
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for fut in done:
-                    i = futures[fut]
-                    exc = fut.exception()
-                    if exc is not None:
-                        hint = _BROKEN_HINT if isinstance(exc, BrokenProcessPool) else ""
-                        raise BandTaskError(
-                            f"{_label(tasks[i], i)} failed in a worker process: "
-                            f"{type(exc).__name__}: {exc}{hint}") from exc
-                    results[i] = fut.result()
-                    if bar is not None:
-                        bar.update(1)
-            healthy = True
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+        results = _run_on_pool(pool, fn, tasks, max(1, _cpu_count() // n), bar, BandTaskError)
+        healthy = True
     finally:
         if bar is not None:
             bar.close()
@@ -327,44 +390,14 @@ def _map_pool(fn, tasks, n, progress, desc):
 
 
 def _map_dask(fn, tasks, scheduler, progress, desc):
+    client, owned = _dask_client(scheduler)
     try:
-        import distributed
-    except ImportError:
-        raise ImportError(
-            "scheduler= needs dask.distributed: pip install 'galseg[parallel]'") from None
-    own = None
-    if isinstance(scheduler, str):
-        own = client = distributed.Client(scheduler)
-    elif isinstance(scheduler, distributed.Client):
-        client = scheduler
-    else:
-        raise TypeError(f"scheduler must be a distributed.Client or an address string, "
-                        f"got {type(scheduler).__name__}")
-    try:
-        info = client.scheduler_info()
-        nthreads = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()) or 1
-        threads = max(1, _cpu_count() // nthreads)
-        keys = [f"galseg-{desc}-{_label(t, i)}-{os.getpid()}-{time.time_ns()}"
-                for i, t in enumerate(tasks)]
-        futures = client.map(_call, [fn] * len(tasks), tasks, [threads] * len(tasks),
-                             key=keys, pure=False)
-        index = {f.key: i for i, f in enumerate(futures)}
-        results: list = [None] * len(tasks)
+        nthreads = _dask_worker_threads(client)
         bar = _progress(len(tasks), desc, progress)
         t0 = time.perf_counter()
         try:
-            for fut in distributed.as_completed(futures):
-                i = index[fut.key]
-                if fut.status == "error":
-                    exc = fut.exception()
-                    raise BandTaskError(f"{_label(tasks[i], i)} failed on the Dask cluster: "
-                                        f"{type(exc).__name__}: {exc}") from exc
-                results[i] = fut.result()
-                if bar is not None:
-                    bar.update(1)
-        except BaseException:
-            client.cancel(futures)
-            raise
+            results = _run_on_dask(client, fn, tasks, max(1, _cpu_count() // nthreads), bar,
+                                  BandTaskError, desc=desc)
         finally:
             if bar is not None:
                 bar.close()
@@ -372,5 +405,5 @@ def _map_dask(fn, tasks, scheduler, progress, desc):
                  time.perf_counter() - t0)
         return results
     finally:
-        if own is not None:
-            own.close()
+        if owned:
+            client.close()

@@ -24,14 +24,21 @@ Backends
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from .executor import _cpu_count, _limit_threads, _mp_context
+from .executor import (
+    _cpu_count,
+    _mp_context,
+    _progress,
+    _dask_client,
+    _dask_worker_threads,
+    _run_on_dask,
+    _run_on_pool,
+    _run_serial,
+)
 
 __all__ = ["TileExecutor", "TileTaskError"]
 
@@ -42,15 +49,6 @@ _PRELOAD = ["galseg.parallel._preload", "galseg.tiling.window"]
 
 class TileTaskError(RuntimeError):
     """A tile task failed; the message names the task."""
-
-
-def _run_task(fn: Callable, task: Any, threads: int | None):
-    _limit_threads(threads)
-    return fn(task)
-
-
-def _label(task, i: int) -> str:
-    return str(getattr(task, "label", None) or f"task {i}")
 
 
 class TileExecutor:
@@ -75,21 +73,8 @@ class TileExecutor:
         self._client = None
         self._own_client = False
         if scheduler is not None:
-            try:
-                import distributed
-            except ImportError:
-                raise ImportError("scheduler= needs dask.distributed: "
-                                  "pip install 'galseg[parallel]'") from None
-            if isinstance(scheduler, str):
-                self._client = distributed.Client(scheduler)
-                self._own_client = True
-            elif isinstance(scheduler, distributed.Client):
-                self._client = scheduler
-            else:
-                raise TypeError("scheduler must be a distributed.Client or an address string, "
-                                f"got {type(scheduler).__name__}")
-            info = self._client.scheduler_info()
-            self.workers = sum(w.get("nthreads", 1) for w in info.get("workers", {}).values()) or 1
+            self._client, self._own_client = _dask_client(scheduler)
+            self.workers = _dask_worker_threads(self._client)
         else:
             n = _cpu_count() if workers is None else int(workers)
             if n < 1:
@@ -143,30 +128,15 @@ class TileExecutor:
         return out
 
     def _bar(self, n, desc):
-        if not self.progress:
-            return None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return None
-        return tqdm(total=n, desc=desc, unit="tile", file=sys.stderr, leave=False)
+        return _progress(n, desc, self.progress, unit="tile")
 
     def _map_serial(self, fn, tasks, desc):
         bar = self._bar(len(tasks), desc)
-        out = []
         try:
-            for i, task in enumerate(tasks):
-                try:
-                    out.append(fn(task))
-                except Exception as exc:
-                    raise TileTaskError(f"{desc} {_label(task, i)} failed: "
-                                        f"{type(exc).__name__}: {exc}") from exc
-                if bar is not None:
-                    bar.update(1)
+            return _run_serial(fn, tasks, bar, TileTaskError, f"{desc} ")
         finally:
             if bar is not None:
                 bar.close()
-        return out
 
     def _ensure_pool(self):
         if self._pool is None:
@@ -179,58 +149,19 @@ class TileExecutor:
         return self._pool
 
     def _map_pool(self, fn, tasks, desc):
-        pool = self._ensure_pool()
-        results: list = [None] * len(tasks)
         bar = self._bar(len(tasks), desc)
-        futures = {pool.submit(_run_task, fn, t, self._threads): i for i, t in enumerate(tasks)}
-        pending = set(futures)
         try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for fut in done:
-                    i = futures[fut]
-                    exc = fut.exception()
-                    if exc is not None:
-                        raise TileTaskError(f"{desc} {_label(tasks[i], i)} failed in a worker "
-                                            f"process: {type(exc).__name__}: {exc}") from exc
-                    results[i] = fut.result()
-                    if bar is not None:
-                        bar.update(1)
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+            return _run_on_pool(self._ensure_pool(), fn, tasks, self._threads, bar,
+                               TileTaskError, f"{desc} ")
         finally:
             if bar is not None:
                 bar.close()
-        return results
 
     def _map_dask(self, fn, tasks, desc):
-        import distributed
-
-        client = self._client
-        keys = [f"galseg-{desc}-{_label(t, i)}-{os.getpid()}-{time.time_ns()}"
-                for i, t in enumerate(tasks)]
-        futures = client.map(_run_task, [fn] * len(tasks), tasks,
-                             [self._threads] * len(tasks), key=keys, pure=False)
-        index = {f.key: i for i, f in enumerate(futures)}
-        results: list = [None] * len(tasks)
         bar = self._bar(len(tasks), desc)
         try:
-            for fut in distributed.as_completed(futures):
-                i = index[fut.key]
-                if fut.status == "error":
-                    exc = fut.exception()
-                    raise TileTaskError(f"{desc} {_label(tasks[i], i)} failed on the Dask "
-                                        f"cluster: {type(exc).__name__}: {exc}") from exc
-                results[i] = fut.result()
-                fut.release()  # let the worker drop its copy of the result
-                if bar is not None:
-                    bar.update(1)
-        except BaseException:
-            client.cancel(futures)
-            raise
+            return _run_on_dask(self._client, fn, tasks, self._threads, bar, TileTaskError,
+                               f"{desc} ", desc)
         finally:
             if bar is not None:
                 bar.close()
-        return results
