@@ -19,7 +19,10 @@ def test_shipped_data_files_are_declared():
     conf = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     shipped = {p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*")
                if p.is_file() and p.suffix not in (".py", ".pyc")}
-    patterns = conf["galseg.configs"]
+    # patterns of galseg.configs and its data subpackages, as paths below configs/
+    patterns = [(pkg[len("galseg.configs"):].lstrip(".").replace(".", "/") + "/" + pat).lstrip("/")
+                for pkg, pats in conf.items() if pkg.startswith("galseg.configs") for pat in pats]
+
     def matches(name, pattern):  # setuptools globs: '*' never crosses a '/'
         parts, pparts = name.split("/"), pattern.split("/")
         return len(parts) == len(pparts) and all(map(fnmatch.fnmatchcase, parts, pparts))
