@@ -194,8 +194,12 @@ def segment_band(band, err_type="rms_err", method="sep", config="galfind_default
         provenance["tiling"] = {"tile_size": int(tile_size), "max_memory": str(max_memory)}
         compute = lambda: compute_band_tiled(band, err_type, params, tile_size,  # noqa: E731
                                              max_memory)
-    outcome = get_or_compute(entry, compute, overwrite=overwrite, provenance=provenance,
-                             wcs_header=band.load_wcs())
+    from ..extract._parallel import small_pages
+
+    # reading, computing and writing full frames on ordinary pages: see small_pages
+    with small_pages():
+        outcome = get_or_compute(entry, compute, overwrite=overwrite, provenance=provenance,
+                                 wcs_header=band.load_wcs())
     if outcome.computed:
         log.info("%s %s: %s", band.survey, band.filt, outcome.reason)
     return outcome

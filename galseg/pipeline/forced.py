@@ -382,9 +382,12 @@ def _run_forced(band, det_band, task: ForcedTask) -> dict:
 
 def forced_task(task: ForcedTask) -> dict:
     """Worker body: open the bands, make (or find) the band's forced catalogue."""
+    from ..extract._parallel import small_pages
+
     band = task.spec.open()
     det_band = task.det_spec.open() if task.method == "sextractor" else None
-    return _run_forced(band, det_band, task)
+    with small_pages():
+        return _run_forced(band, det_band, task)
 
 
 @dataclass
