@@ -240,6 +240,13 @@ class _Reader:
 
 
 def _compute_stack(bands, scales, dtype):
+    from ..extract._parallel import small_pages
+
+    with small_pages():  # full frames and blocks on ordinary pages (see small_pages)
+        return _stack_blocks(bands, scales, dtype)
+
+
+def _stack_blocks(bands, scales, dtype):
     ny, nx = bands[0].shape
     sci = np.zeros((ny, nx), dtype=dtype)
     wht = np.zeros((ny, nx), dtype=dtype)
