@@ -88,6 +88,11 @@ def _seg_kwargs(args):
 
 
 def _segment(data, args):
+    from .extract._kernels import kernels_cached
+
+    if not kernels_cached() and not getattr(args, "json", False):
+        print("compiling galseg's kernels (once per installation, about 30 s) ...",
+              file=sys.stderr)
     data.segment(overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler,
                  **_seg_kwargs(args))
     return _summary_rows(data)

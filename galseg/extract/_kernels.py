@@ -39,6 +39,7 @@ All positions are 0-based pixel centres.  No kernel modifies its inputs.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from numba import njit, prange
@@ -1384,3 +1385,16 @@ def _measure_chunks(n, data, rms, ddata, drms, seg, pf, has_pf, x, y, a, b, cxx,
                        yblank, flux_aper, var_aper, flux_auto, var_auto, kron, flux_iso, var_iso,
                        isoarea, npix, peak, thresh, fwhm, iso, flux_radius, xwin, ywin, snr_win,
                        dbkg, flags)
+
+
+def kernels_cached() -> bool:
+    """Whether numba's on-disk cache already holds the measurement kernel.
+
+    A cold cache (a fresh installation, or a changed source) means the first
+    extraction compiles every kernel, about 30 s once.  True when it cannot
+    tell (numba's cache layout is not public API).
+    """
+    try:
+        return os.path.exists(_measure_chunks._cache._cache_file._index_path)
+    except Exception:  # noqa: BLE001 - another numba version: do not guess
+        return True
