@@ -1,7 +1,15 @@
 """Small helpers for tests: file checksums to prove inputs are never modified."""
 
 import hashlib
+import shutil
+import subprocess
+import warnings
 from pathlib import Path
+
+import numpy as np
+
+SEX = shutil.which("source-extractor") or shutil.which("sex")
+SEXDIR = Path("/usr/share/source-extractor")
 
 
 def tree_checksums(root) -> dict:
@@ -35,3 +43,42 @@ def des_r_band(work_dir):
         pytest.skip(f"DES cutout not found at {path}")
     return Band_Data("DES", "Y3", "DECam", "r", path, "SCI", wht_path=path, wht_ext="WGT",
                      work_dir=work_dir)
+
+
+def sextractor_arrays(tmp, sci, config, *, weight=None, params=("NUMBER",), checks=(),
+                      verbose="NORMAL") -> dict:
+    """Run the real SExtractor binary on arrays written to ``tmp``.
+
+    ``config``: SExtractor keywords given on its command line; ``params``:
+    the output columns; ``checks``: CHECKIMAGE_TYPEs to read back.  Returns
+    ``{"cat": Table, "log": stderr, <check>: array, ...}``.
+    """
+    from astropy.io import fits
+    from astropy.table import Table
+
+    tmp = Path(tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    fits.writeto(tmp / "sci.fits", np.asarray(sci, np.float32), overwrite=True)
+    (tmp / "p.param").write_text("\n".join(params) + "\n")
+    conf = {"CATALOG_TYPE": "FITS_1.0", "CATALOG_NAME": str(tmp / "cat.fits"),
+            "PARAMETERS_NAME": str(tmp / "p.param"),
+            "STARNNW_NAME": str(SEXDIR / "default.nnw"), "VERBOSE_TYPE": verbose,
+            "CHECKIMAGE_TYPE": ",".join(checks) or "NONE",
+            "CHECKIMAGE_NAME": ",".join(str(tmp / f"{c}.fits") for c in checks) or "x.fits"}
+    conf.update({k: str(v) for k, v in config.items()})
+    if weight is not None:
+        fits.writeto(tmp / "w.fits", np.asarray(weight, np.float32), overwrite=True)
+        conf["WEIGHT_IMAGE"] = str(tmp / "w.fits")
+    (tmp / "c.sex").write_text("")
+    args = [SEX, str(tmp / "sci.fits"), "-c", str(tmp / "c.sex")]
+    for k, v in conf.items():
+        args += ["-" + k, v]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cat = Table.read(tmp / "cat.fits", hdu=1)
+    out = {"cat": cat, "log": proc.stderr}
+    for c in checks:
+        out[c] = fits.getdata(tmp / f"{c}.fits")
+    return out

@@ -9,8 +9,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import re
-import shutil
-import subprocess
 import warnings
 from pathlib import Path
 
@@ -18,8 +16,9 @@ import numpy as np
 import pytest
 import sep
 from astropy.io import fits
-from astropy.table import Table
 from scipy import ndimage
+
+from _util import SEX, SEXDIR, sextractor_arrays
 
 from galseg.extract.background import BIG, estimate_background, mesh_statistics
 from galseg.extract.clean import clean_and_order
@@ -37,8 +36,6 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SEPREF = DATA / "sep_reference"
 XDF = DATA / "xdf"
 KIDS = DATA / "kids_viking"
-SEX = shutil.which("source-extractor") or shutil.which("sex")
-SEXDIR = Path("/usr/share/source-extractor")
 
 
 def _need(path: Path):
@@ -61,33 +58,7 @@ def _getdata(path, ext=None):
             return hdu.data.copy()
 
 
-def _sextractor(tmp, sci, config, *, weight=None, params=("NUMBER",), checks=()):
-    """Run the real SExtractor binary on arrays; catalogue, check images, log."""
-    tmp = Path(tmp)
-    fits.writeto(tmp / "sci.fits", np.asarray(sci, np.float32), overwrite=True)
-    (tmp / "p.param").write_text("\n".join(params) + "\n")
-    conf = {"CATALOG_TYPE": "FITS_1.0", "CATALOG_NAME": str(tmp / "cat.fits"),
-            "PARAMETERS_NAME": str(tmp / "p.param"),
-            "STARNNW_NAME": str(SEXDIR / "default.nnw"), "VERBOSE_TYPE": "NORMAL",
-            "CHECKIMAGE_TYPE": ",".join(checks) or "NONE",
-            "CHECKIMAGE_NAME": ",".join(str(tmp / f"{c}.fits") for c in checks) or "x.fits"}
-    conf.update({k: str(v) for k, v in config.items()})
-    if weight is not None:
-        fits.writeto(tmp / "w.fits", np.asarray(weight, np.float32), overwrite=True)
-        conf["WEIGHT_IMAGE"] = str(tmp / "w.fits")
-    (tmp / "c.sex").write_text("")
-    args = [SEX, str(tmp / "sci.fits"), "-c", str(tmp / "c.sex")]
-    for k, v in conf.items():
-        args += ["-" + k, v]
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cat = Table.read(tmp / "cat.fits", hdu=1)
-    out = {"cat": cat, "log": proc.stderr}
-    for c in checks:
-        out[c] = fits.getdata(tmp / f"{c}.fits")
-    return out
+_sextractor = sextractor_arrays
 
 
 # --------------------------------------------------------------------------- background

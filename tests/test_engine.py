@@ -7,16 +7,15 @@ areas and segmentation footprints.  Run with ``pytest -s`` to see the numbers.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
-from astropy.table import Table
 from scipy.spatial import cKDTree
+
+from _util import SEX, SEXDIR, sextractor_arrays
 
 from galseg.extract import ExtractionResult, Params, detect_sources, load_config, run
 from galseg.extract.engine import METHODS
@@ -25,8 +24,6 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SEPREF = DATA / "sep_reference"
 XDF = DATA / "xdf"
 KIDS = DATA / "kids_viking"
-SEX = shutil.which("source-extractor") or shutil.which("sex")
-SEXDIR = Path("/usr/share/source-extractor")
 GAUSS = SEXDIR / "gauss_2.5_5x5.conv"
 
 needs_sex = pytest.mark.skipif(SEX is None, reason="SExtractor binary (source-extractor or "
@@ -56,32 +53,12 @@ def _getdata(path):
 
 
 def _sextractor(tmp, sci, config, *, weight=None, checks=("SEGMENTATION",)):
-    tmp = Path(tmp)
-    tmp.mkdir(parents=True, exist_ok=True)
-    fits.writeto(tmp / "sci.fits", np.asarray(sci, np.float32), overwrite=True)
     # all apertures, as in galseg's catalogue: SExtractor's output order
     # depends on the largest aperture it measures
     naper = len(str(config.get("PHOT_APERTURES", "5")).split(","))
-    (tmp / "p.param").write_text("\n".join(SEXCOLS + (f"FLUX_APER({naper})",)) + "\n")
-    conf = {"CATALOG_TYPE": "FITS_1.0", "CATALOG_NAME": str(tmp / "cat.fits"),
-            "PARAMETERS_NAME": str(tmp / "p.param"),
-            "STARNNW_NAME": str(SEXDIR / "default.nnw"), "VERBOSE_TYPE": "QUIET",
-            "CHECKIMAGE_TYPE": ",".join(checks) or "NONE",
-            "CHECKIMAGE_NAME": ",".join(str(tmp / f"{c}.fits") for c in checks) or "x.fits"}
-    conf.update({k: str(v) for k, v in config.items()})
-    if weight is not None:
-        fits.writeto(tmp / "w.fits", np.asarray(weight, np.float32), overwrite=True)
-        conf["WEIGHT_IMAGE"] = str(tmp / "w.fits")
-    (tmp / "c.sex").write_text("")
-    args = [SEX, str(tmp / "sci.fits"), "-c", str(tmp / "c.sex")]
-    for k, v in conf.items():
-        args += ["-" + k, v]
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cat = Table.read(tmp / "cat.fits", hdu=1)
-    return cat, {c: fits.getdata(tmp / f"{c}.fits") for c in checks}
+    out = sextractor_arrays(tmp, sci, config, weight=weight, checks=checks, verbose="QUIET",
+                            params=SEXCOLS + (f"FLUX_APER({naper})",))
+    return out["cat"], {c: out[c] for c in checks}
 
 
 def _params(config):

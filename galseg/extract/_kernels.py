@@ -312,6 +312,59 @@ def _span(mx, dy2, lim2, strict, lo, hi):
     return a, b
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _clip_box(xmin, xmax, ymin, ymax, w, h):
+    """A measurement box (``xmax``/``ymax`` exclusive) clipped to the image,
+    and `FLAG_APERT_PB` if it had to be (SExtractor: aperture data incomplete)."""
+    flag = 0
+    if xmin < 0:
+        xmin = 0
+        flag = FLAG_APERT_PB
+    if xmax > w:
+        xmax = w
+        flag = FLAG_APERT_PB
+    if ymin < 0:
+        ymin = 0
+        flag = FLAG_APERT_PB
+    if ymax > h:
+        ymax = h
+        flag = FLAG_APERT_PB
+    return xmin, xmax, ymin, ymax, flag
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _subpixels_inside(dx, half, fary, neary, rin, rout, offset, scale, dy2s, xsq, lim2,
+                      nsub, nlanes):
+    """How many of a pixel's ``nsub x nsub`` sub-pixels lie inside ``r**2 < lim2``
+    (see `_area_table`; index its partial sums with the count).
+
+    ``dx``: the pixel's float32 x offset from the centre; ``half``: the half
+    extent of the sub-pixel grid; ``fary``/``neary``: the farthest/nearest
+    squared y extents of the row, ``rin``/``rout``: ``lim2`` shrunk/grown by
+    the rounding margin, so that pixels clearly inside (``nsub**2``) or
+    outside (0) skip the sweep; ``dy2s``: the row's squared sub-row offsets;
+    ``xsq``: scratch of ``nlanes >= nsub`` entries, the lanes past ``nsub``
+    holding inf (a fixed-width, vectorised count).
+    """
+    adx = abs(np.float64(dx))
+    if (adx + half) * (adx + half) + fary < rin:
+        return nsub * nsub
+    nx = adx - half if adx > half else 0.0
+    if nx * nx + neary > rout:
+        return 0
+    dx1 = dx + offset
+    for kk in range(nsub):
+        xsq[kk] = dx1 * dx1
+        dx1 += scale
+    nin = 0
+    for sy in range(nsub):
+        c = 0
+        for kk in range(nlanes):
+            c += xsq[kk] + dy2s[sy] < lim2
+        nin += c
+    return nin
+
+
 @njit(cache=True, error_model="numpy")
 def _area_table(nsub, scale2):
     """Float32 partial sums ``acc[n]`` of ``n`` times ``scale2`` (n = 0..nsub**2).
@@ -367,18 +420,8 @@ def _aper(data, rms, seg, pf, has_pf, label, mode, weighted,
         xmax = int(np.float64(mx + ra) + 1.499999)
         ymin = int(np.float64(my - ra) + 0.499999)
         ymax = int(np.float64(my + ra) + 1.499999)
-        if xmin < 0:
-            xmin = 0
-            flag |= FLAG_APERT_PB
-        if xmax > w:
-            xmax = w
-            flag |= FLAG_APERT_PB
-        if ymin < 0:
-            ymin = 0
-            flag |= FLAG_APERT_PB
-        if ymax > h:
-            ymax = h
-            flag |= FLAG_APERT_PB
+        xmin, xmax, ymin, ymax, f = _clip_box(xmin, xmax, ymin, ymax, w, h)
+        flag |= f
         # pixels outside an aperture's box are never visited (they would add
         # nothing but the per-pixel gain term)
         boxes[j, 0] = xmin
@@ -396,7 +439,6 @@ def _aper(data, rms, seg, pf, has_pf, label, mode, weighted,
     scale2 = scale * scale
     offset = F32(0.5 * (np.float64(scale) - 1.0))
     acc = _area_table(APER_OVERSAMP, scale2)
-    fullarea = np.float64(acc[APER_OVERSAMP * APER_OVERSAMP])
     xsq = np.full(8, np.inf, dtype=np.float32)
     dy2s = np.empty(APER_OVERSAMP, dtype=np.float32)
     nb = max(x1 - x0, 1)
@@ -453,27 +495,9 @@ def _aper(data, rms, seg, pf, has_pf, label, mode, weighted,
                 sb = lb_ if side == 0 else rb_
                 for x in range(sa, sb + 1):
                     dx = F32(x) - mx
-                    # sub-pixel sweep (see _area_table), inlined for speed
-                    adx = abs(np.float64(dx))
-                    far = (adx + 0.41) * (adx + 0.41) + fary
-                    if far < rin:
-                        la = fullarea
-                    else:
-                        nx = adx - 0.41 if adx > 0.41 else 0.0
-                        if nx * nx + neary > rout:
-                            la = 0.0
-                        else:
-                            dx1 = dx + offset
-                            for kk in range(APER_OVERSAMP):
-                                xsq[kk] = dx1 * dx1
-                                dx1 += scale
-                            nin = 0
-                            for sy in range(APER_OVERSAMP):
-                                c = 0
-                                for kk in range(8):
-                                    c += xsq[kk] + dy2s[sy] < rp2
-                                nin += c
-                            la = np.float64(acc[nin])
+                    la = np.float64(acc[_subpixels_inside(dx, 0.41, fary, neary, rin, rout,
+                                                          offset, scale, dy2s, xsq, rp2,
+                                                          APER_OVERSAMP, 8)])
                     k = x - ea
                     p = pixb[k]
                     area[j] += la
@@ -503,18 +527,8 @@ def _ellipse_box(mx, my, cx2, cy2, cxy, klim, w, h):
     xmax = int(math.floor(np.float64(mx + dxlim) + 0.5)) + 1
     ymin = int(math.floor(np.float64(my - dylim) + 0.5))
     ymax = int(math.floor(np.float64(my + dylim) + 0.5)) + 1
-    if xmin < 0:
-        xmin = 0
-        flag |= FLAG_APERT_PB
-    if xmax > w:
-        xmax = w
-        flag |= FLAG_APERT_PB
-    if ymin < 0:
-        ymin = 0
-        flag |= FLAG_APERT_PB
-    if ymax > h:
-        ymax = h
-        flag |= FLAG_APERT_PB
+    xmin, xmax, ymin, ymax, f = _clip_box(xmin, xmax, ymin, ymax, w, h)
+    flag |= f
     return xmin, xmax, ymin, ymax, flag
 
 
@@ -753,18 +767,8 @@ def _growth(data, rms, seg, pf, has_pf, label, mode, weighted,
     xmax = int(mx + raper + 1.499999)
     ymin = int(my - raper + 0.499999)
     ymax = int(my + raper + 1.499999)
-    if xmin < 0:
-        xmin = 0
-        flag |= FLAG_APERT_PB
-    if xmax > w:
-        xmax = w
-        flag |= FLAG_APERT_PB
-    if ymin < 0:
-        ymin = 0
-        flag |= FLAG_APERT_PB
-    if ymax > h:
-        ymax = h
-        flag |= FLAG_APERT_PB
+    xmin, xmax, ymin, ymax, f = _clip_box(xmin, xmax, ymin, ymax, w, h)
+    flag |= f
     fa = np.float64(F32(flux_auto))
     # the largest searched level: its crossing comes last
     tvmax = 0.5 * fa
@@ -853,7 +857,6 @@ def _winpos(data, rms, seg, pf, has_pf, label, mode, weighted,
     scale2 = scale * scale
     offset = F32(0.5 * (np.float64(scale) - 1.0))
     acc = _area_table(WINPOS_OVERSAMP, scale2)
-    fullarea = acc[WINPOS_OVERSAMP * WINPOS_OVERSAMP]
     xsq = np.full(16, np.inf, dtype=np.float32)
     dy2s = np.empty(WINPOS_OVERSAMP, dtype=np.float32)
     whalf = 0.5 - 0.5 / WINPOS_OVERSAMP + 0.01
@@ -876,18 +879,8 @@ def _winpos(data, rms, seg, pf, has_pf, label, mode, weighted,
         ymax = int(my + np.float64(raper) + 1.499999)
         m2x = mx * 2.0 + 0.49999
         m2y = my * 2.0 + 0.49999
-        if xmin < 0:
-            xmin = 0
-            flag |= FLAG_APERT_PB
-        if xmax > w:
-            xmax = w
-            flag |= FLAG_APERT_PB
-        if ymin < 0:
-            ymin = 0
-            flag |= FLAG_APERT_PB
-        if ymax > h:
-            ymax = h
-            flag |= FLAG_APERT_PB
+        xmin, xmax, ymin, ymax, f = _clip_box(xmin, xmax, ymin, ymax, w, h)
+        flag |= f
         tv = 0.0
         esum = 0.0
         mx2 = 0.0
@@ -914,25 +907,9 @@ def _winpos(data, rms, seg, pf, has_pf, label, mode, weighted,
                 r2 = dx * dx + dyy
                 if r2 < rextlim2:
                     if r2 > rintlim2:
-                        adx = abs(np.float64(dx))
-                        if (adx + whalf) * (adx + whalf) + fary < rin:
-                            locarea = fullarea
-                        else:
-                            nx = adx - whalf if adx > whalf else 0.0
-                            if nx * nx + neary > rout:
-                                locarea = F32(0.0)
-                            else:
-                                dx1 = dx + offset
-                                for kk in range(WINPOS_OVERSAMP):
-                                    xsq[kk] = dx1 * dx1
-                                    dx1 += scale
-                                nin = 0
-                                for sy in range(WINPOS_OVERSAMP):
-                                    c = 0
-                                    for kk in range(16):
-                                        c += xsq[kk] + dy2s[sy] < raper2
-                                    nin += c
-                                locarea = acc[nin]
+                        locarea = acc[_subpixels_inside(dx, whalf, fary, neary, rin, rout,
+                                                        offset, scale, dy2s, xsq, raper2,
+                                                        WINPOS_OVERSAMP, 16)]
                     else:
                         locarea = F32(1.0)
                     locarea *= math.exp(-r2 * invtwosig2)  # float32: C's expf
