@@ -67,6 +67,14 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _measurement_key_fields(band, params) -> dict:
+    """What a catalogue's numbers depend on besides the inputs and parameters:
+    the star/galaxy network, the band's apertures and zero point."""
+    return {"nnw_sha256": _file_sha256(nnw_path(params)),
+            "aper_diams_arcsec": [float(d) for d in band.aper_diams.to_value("arcsec")],
+            "zero_point": band.zp}
+
+
 def _inputs(band, err_type: str) -> dict:
     """The input files of a segmentation, by role, as (resolved path, HDU index)."""
     from ..io.fits import image_ext
@@ -154,9 +162,7 @@ def band_entry(band, err_type="rms_err", method="sep", config="galfind_default",
         method=method,
         params=params,
         kernel=None if kernel is None else np.asarray(kernel, dtype=np.float64),
-        nnw_sha256=_file_sha256(nnw_path(params)),
-        aper_diams_arcsec=[float(d) for d in band.aper_diams.to_value("arcsec")],
-        zero_point=band.zp,
+        **_measurement_key_fields(band, params),
     )
     entry = ProductStore(band.work_dir).entry(band.instrument, band.version, band.survey,
                                               band.filt, WEIGHT_TYPES[err_type], key,

@@ -51,7 +51,14 @@ from ..extract.params import Params
 from ..io.atomic import atomic_write, atomic_write_fits
 from ..products import make_key
 from ..products.fileset import FileSet
-from .band import WEIGHT_TYPES, _config_label, _file_sha256, _inputs, band_params, read_inputs
+from .band import (
+    WEIGHT_TYPES,
+    _config_label,
+    _inputs,
+    _measurement_key_fields,
+    band_params,
+    read_inputs,
+)
 
 __all__ = [
     "DetectionState",
@@ -221,8 +228,6 @@ def forced_params(band, err_type="rms_err", config="galfind_default", **override
 def forced_entry(band, det_filt: str, det_key_sha256: str, err_type="rms_err", method="sep",
                  config="galfind_default", **overrides):
     """(FileSet, key, params) of a band's forced catalogue; nothing is computed."""
-    from ..extract.presets import nnw_path
-
     if method not in FORCED_METHODS:
         raise ValueError(f"forced photometry method must be one of {', '.join(FORCED_METHODS)}, "
                          f"got {method!r}")
@@ -236,9 +241,7 @@ def forced_entry(band, det_filt: str, det_key_sha256: str, err_type="rms_err", m
         err_type=err_type,
         method=method,
         params=params,
-        nnw_sha256=_file_sha256(nnw_path(params)),
-        aper_diams_arcsec=[float(d) for d in band.aper_diams.to_value("arcsec")],
-        zero_point=band.zp,
+        **_measurement_key_fields(band, params),
     )
     label = _config_label(config)
     parts = [band.survey, band.filt, det_filt] + ([label] if label else [])

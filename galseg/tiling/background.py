@@ -28,7 +28,14 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from ..extract.background import BIG, MeshStatistics, _filterback, _mesh_geometry, _mesh_grid
+from ..extract.background import (
+    BIG,
+    MeshStatistics,
+    _filterback,
+    _mesh_geometry,
+    _mesh_grid,
+    _spline_y,
+)
 from ..extract.weights import WEIGHT_TYPES, raw_variance, rescale_factor, weight_threshold
 
 __all__ = ["GlobalBackground", "global_mesh", "mesh_rows", "mesh_row_count", "finish_mesh",
@@ -189,30 +196,6 @@ def global_mesh(read_rows, shape, params, *, strip_meshes=None) -> GlobalBackgro
 
 
 # --------------------------------------------------------------------------- splines
-@numba.njit(cache=True)
-def _spline_y(grid):
-    """Second derivatives along y at the mesh nodes (sep ``makebackspline``)."""
-    ny, nx = grid.shape
-    d = np.zeros((ny, nx), np.float32)
-    if ny < 2:
-        return d
-    u = np.zeros(ny - 1, np.float32)
-    for x in range(nx):
-        d[0, x] = F32(0.0)
-        u[0] = F32(0.0)
-        for y in range(1, ny - 1):
-            temp = F32(-1.0) / (d[y - 1, x] + F32(4.0))
-            d[y, x] = temp
-            temp = temp * (u[y - 1] - F32(6.0) * (grid[y + 1, x] + grid[y - 1, x]
-                                                  - F32(2.0) * grid[y, x]))
-            u[y] = temp
-        d[ny - 1, x] = F32(0.0)
-        for y in range(ny - 2, 0, -1):
-            # (float)(d * temp + u) / 6.0, the division in double
-            d[y, x] = F32(np.float64(d[y, x] * d[y + 1, x] + u[y]) / 6.0)
-    return d
-
-
 @numba.njit(cache=True)
 def _column_table(width, bw, nbx):
     """Per column: the spline segment and its ``dx``, accumulated in single

@@ -168,15 +168,6 @@ def _intersecting(boxes, win: Window) -> np.ndarray:
                           & (boxes[:, 3] >= win.x0) & (boxes[:, 2] < win.x1))
 
 
-def _roots(absorber):
-    root = np.where(absorber < 0, np.arange(absorber.size), absorber)
-    while True:
-        nxt = root[root]
-        if np.array_equal(nxt, root):
-            return root
-        root = nxt
-
-
 def _wcs_header(wcs):
     if wcs is None:
         return None
@@ -510,7 +501,7 @@ def _chain_table(scans) -> dict:
 
 def _global_clean(analysed, nraw, params, shape, kernel) -> dict:
     """CLEAN, numbering and merging over the whole catalogue, as the engine does."""
-    from ..extract.engine import _assemble, stuck_rows
+    from ..extract.engine import _assemble, _roots, stuck_rows
 
     raw_index = np.concatenate([a.raw_index for a in analysed]) if analysed else \
         np.zeros(0, np.int64)
