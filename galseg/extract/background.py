@@ -380,21 +380,6 @@ def _mesh_grid_stats(data, valid, wvar, use_w, want_w, wthresh, bw, bh):
 
 
 @numba.njit(cache=True)
-def _mesh_grid(data, valid, wvar, use_w, wthresh, bw, bh):
-    """Raw mesh statistics of the image (and of ``wvar`` when ``use_w``)."""
-    height, width = data.shape
-    nx = (width - 1) // bw + 1
-    ny = (height - 1) // bh + 1
-    back = np.empty((ny, nx), np.float32)
-    sigma = np.empty((ny, nx), np.float32)
-    wback = np.empty((ny, nx), np.float32)
-    wsigma = np.empty((ny, nx), np.float32)
-    _mesh_rows(0, ny, data, valid, wvar, use_w, use_w, wthresh, bw, bh, back, sigma, wback,
-               wsigma)
-    return back, sigma, wback, wsigma
-
-
-@numba.njit(cache=True)
 def _filterback(back, sigma, nfx, nfy, fthresh):
     """Bad-mesh replacement and median filtering (``filterback``)."""
     ny, nx = back.shape

@@ -33,9 +33,10 @@ from ..extract.background import (
     MeshStatistics,
     _filterback,
     _mesh_geometry,
-    _mesh_grid,
+    _mesh_grid_stats,
     _spline_y,
 )
+from ..extract._parallel import readonly
 from ..extract.weights import WEIGHT_TYPES, raw_variance, rescale_factor, weight_threshold
 
 __all__ = ["GlobalBackground", "global_mesh", "mesh_rows", "mesh_row_count", "finish_mesh",
@@ -118,10 +119,11 @@ def mesh_rows(read_rows, shape, params, j0, j1):
     del sci, wmap, mask
     w = wvar0 if use_w else np.zeros((1, 1), np.float32)
     # On a full-width strip whose height is a multiple of the mesh height,
-    # _mesh_grid gives rows of the global grid: a mesh row reads only its own
-    # image rows (and the image width, for SExtractor's line sub-sampling of
-    # wide images).
-    b, s, wb, ws = _mesh_grid(image, ~hard, w, use_w, np.float32(wthresh), bw, bh)
+    # the mesh statistics are rows of the global grid: a mesh row reads only
+    # its own image rows (and the image width, for SExtractor's line
+    # sub-sampling of wide images).
+    b, s, wb, ws = _mesh_grid_stats(readonly(image), readonly(~hard), readonly(w), use_w, use_w,
+                                    np.float32(wthresh), bw, bh)
     return b, s, (wb if use_w else None), (ws if use_w else None)
 
 
