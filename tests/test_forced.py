@@ -15,13 +15,13 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from galseg.extract.engine import detect_sources
+from galseg.extract.engine import detect_sources, prepare_image
 from galseg.extract.presets import filter_path, nnw_path, param_path, preset_path
 from galseg.imaging.band import Band_Data
 from galseg.imaging.data import Data
 from galseg.pipeline.band import band_params
 from galseg.pipeline.catalog import SHARED_COLUMNS, join_forced
-from galseg.pipeline.forced import _measurement_params, perform_forced_phot, read_catalog
+from galseg.pipeline.forced import perform_forced_phot, read_catalog
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 XDF = SHARED / "xdf"
@@ -181,21 +181,29 @@ def test_detection_band_measured_on_itself_is_its_own_catalogue(tmp_path):
 
 
 def test_measurement_image_is_the_engines(tmp_path):
-    """The measurement band's pixels, noise and background are those of a full extraction."""
-    for err_type, filt in (("rms_err", "f435w"), ("wht", "f160w")):
+    """The measurement band's pixels, noise and background are those of a full
+    extraction (with and without masked pixels), without running a detection."""
+    for err_type, filt, masked in (("rms_err", "f435w", False), ("wht", "f160w", False),
+                                   ("wht", "f160w", True)):
         band = Band_Data("XDF", "v1", "ACS_WFC", filt, XDF / f"{filt}_sci.fits",
                          wht_path=XDF / f"{filt}_wht.fits", pix_scale=0.06, zp=25.0,
                          work_dir=tmp_path)
         params = band_params(band, err_type, "galfind_default", BACK_TYPE="AUTO")
         kw = {"rms": band.load_rms_err()} if err_type == "rms_err" else {"wht": band.load_wht()}
+        if masked:
+            mask = np.zeros(band.shape, bool)
+            mask[100:160, 200:300] = True
+            kw["mask"] = mask
         full = detect_sources(band.load_im(), params=params, **kw)
-        prep = detect_sources(band.load_im(), params=_measurement_params(params), **kw)
-        assert len(full.objects) > 30 and len(prep.objects) == 0
+        prep = prepare_image(band.load_im(), params=params, **kw)
+        assert len(full.objects) > 30
         np.testing.assert_array_equal(prep.data, full.data)
         np.testing.assert_array_equal(prep.rms, full.rms)
         np.testing.assert_array_equal(prep.background.background, full.background.background)
         np.testing.assert_array_equal(prep.mask, full.mask)
+        assert prep.mask.any() == masked and not prep.data.flags.writeable
         assert prep.meta["backsig"] == full.meta["backsig"]
+        assert prep.meta["weight_scale"] == full.meta["weight_scale"]
 
 
 def test_multiband_catalogue_of_the_demo(tmp_path):

@@ -52,7 +52,8 @@ from .result import ExtractionResult
 from .weights import WEIGHT_TYPES, _count_ge, _noise, _scan_rms, _set_where, _variance, \
     interpolate_bad, rescale_factor, rescale_variance, weight_threshold
 
-__all__ = ["run", "detect_sources", "Sources", "METHODS", "OBJECT_FIELDS"]
+__all__ = ["run", "detect_sources", "prepare_image", "PreparedImage", "Sources", "METHODS",
+           "OBJECT_FIELDS"]
 
 #: Backends of `run`.
 METHODS = ("sep", "sextractor", "photutils")
@@ -227,6 +228,52 @@ def detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, ma
                                mask=mask, keep_maps=True)
 
 
+@dataclass
+class PreparedImage:
+    """An image as SExtractor measures it, without detection (`prepare_image`).
+
+    Attributes
+    ----------
+    data : ndarray of float32
+        Background-subtracted, interpolated image, 0 where masked (read-only).
+    rms : ndarray of float32
+        Absolute noise per pixel, ``inf`` where no data (read-only).
+    background : BackgroundResult
+    mask : ndarray of bool
+        Pixels with no usable data (read-only; all False when none).
+    meta : dict
+        ``backsig`` (global background rms), ``weight_scale``,
+        ``interpolated_pixels``, ``timings``.
+    """
+
+    data: np.ndarray
+    rms: np.ndarray
+    background: BackgroundResult
+    mask: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+
+def prepare_image(sci, *, rms=None, wht=None, var=None, params, mask=None) -> PreparedImage:
+    """Background and weights only: the measurement image of dual-image mode.
+
+    SExtractor prepares the measurement image of ``source-extractor
+    det.fits,band.fits`` exactly as it prepares a detection image (background,
+    ``MAP_WEIGHT`` rescaling, interpolation) and then only measures it; this
+    is that preparation, the same code as `detect_sources` runs first.
+    Arguments as for `detect_sources`.
+    """
+    if not isinstance(params, Params):
+        params = Params(params)
+    with _parallel.small_pages():
+        prep = _prepare(sci, rms=rms, wht=wht, var=var, params=params, mask=mask)
+        rmsmap = prep.noise_map()
+    mask_out = np.broadcast_to(np.False_, prep.data.shape) if prep.hard is None else prep.hard
+    meta = {"backsig": float(prep.backsig), "weight_scale": float(prep.sigfac),
+            "interpolated_pixels": prep.n_interp, "timings": prep.timings}
+    return PreparedImage(_readonly(prep.data), _readonly(rmsmap), prep.bkg,
+                         _readonly(mask_out), meta)
+
+
 def _readonly(a):
     v = a.view()
     v.flags.writeable = False
@@ -240,15 +287,56 @@ def _native_f32(a):
     return out, not np.may_share_memory(out, a)
 
 
-def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, mask=None,
-                    keep_maps=True):
-    if not isinstance(params, Params):
-        params = Params(params)
+@dataclass
+class _Prepared:
+    """The image as SExtractor measures it: steps 1-2 of the engine (background,
+    weights), before any detection (see `_prepare`)."""
+
+    data: np.ndarray            # background-subtracted, interpolated, 0 where masked
+    private: bool               # whether ``data`` is our own copy (may be written)
+    hard: np.ndarray | None     # masked pixels (user mask, non-finite values), or None
+    wtype: str
+    rms_direct: np.ndarray | None  # the rms map itself, when it is exactly the noise
+    varmap: np.ndarray | None   # absolute variance, when the rms map cannot serve
+    wthresh: float
+    image_mesh: Any
+    backsig: float
+    sigfac: float
+    sigfac_measured: float | None
+    bkg: BackgroundResult
+    n_interp: int
+    timings: dict
+
+    @property
+    def weighted(self) -> bool:
+        return self.varmap is not None or self.rms_direct is not None
+
+    def noise_map(self) -> np.ndarray:
+        """The absolute rms map (``inf`` where no data): the rms map itself, or
+        the variance map turned into it in place (so call it once, after any
+        use of `varmap`)."""
+        if self.rms_direct is not None:
+            return self.rms_direct
+        if self.varmap is not None:
+            none = np.zeros(1, np.bool_)
+            _noise(self.varmap.reshape(-1),
+                   readonly(none if self.hard is None else self.hard).reshape(-1),
+                   self.varmap.reshape(-1))
+            rmsmap, self.varmap = self.varmap, None
+            return rmsmap
+        rmsmap = np.full(self.data.shape, np.float32(self.backsig), dtype=np.float32)
+        if self.hard is not None:
+            rmsmap[self.hard] = np.inf
+        return rmsmap
+
+
+def _prepare(sci, *, rms=None, wht=None, var=None, params, mask=None) -> _Prepared:
+    """Background and weights (the engine's steps 1-2): what both detection
+    and measurement (also dual-image mode's measurement band) start from."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     sci = _native2d(sci, "sci")
     shape = sci.shape
-    height = shape[0]
     # Full-frame arrays are the memory budget: the science image is copied
     # only if a pixel has to change (masked, background, interpolation), the
     # variance map is made only if the rms map cannot serve as it is.
@@ -369,6 +457,20 @@ def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, m
             private = True
         _set_where(data.reshape(-1), readonly(hard).reshape(-1), np.float32(0.0))
     timings["weights"] = time.perf_counter() - t1
+    return _Prepared(data, private, hard, wtype, rms_direct, varmap, wthresh, image_mesh,
+                     backsig, sigfac, sigfac_measured, bkg, n_interp, timings)
+
+
+def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, mask=None,
+                    keep_maps=True):
+    if not isinstance(params, Params):
+        params = Params(params)
+    prep = _prepare(sci, rms=rms, wht=wht, var=var, params=params, mask=mask)
+    data, hard, wtype, rms_direct, varmap = (prep.data, prep.hard, prep.wtype, prep.rms_direct,
+                                             prep.varmap)
+    backsig, image_mesh, bkg, timings = prep.backsig, prep.image_mesh, prep.bkg, prep.timings
+    shape = data.shape
+    height = shape[0]
 
     # ---- filtering and threshold
     t2 = time.perf_counter()
@@ -376,7 +478,7 @@ def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, m
     # (without a filter the detection image is the data itself: nothing
     # downstream writes to either)
     filtered = _filter(data, kernel) if kernel is not None else data
-    weighted = varmap is not None or rms_direct is not None
+    weighted = prep.weighted
     if weighted and params["THRESH_TYPE"].upper() != "ABSOLUTE":
         tfac = float(np.float32(params["DETECT_THRESH"]))
         if kernel is not None and tfac > 0.0:
@@ -396,19 +498,8 @@ def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, m
                 thresh = threshold_map(params, fvar=varmap)
     else:
         thresh = threshold_map(params, backsig=backsig)
-    # the noise map: the rms map itself, or sqrt(variance) in place of it
-    if rms_direct is not None:
-        rmsmap = rms_direct
-    elif varmap is not None:
-        rmsmap = varmap
-        none = np.zeros(1, np.bool_)
-        _noise(varmap.reshape(-1), readonly(none if hard is None else hard).reshape(-1),
-               varmap.reshape(-1))
-    else:
-        rmsmap = np.full(shape, np.float32(backsig), dtype=np.float32)
-        if hard is not None:
-            rmsmap[hard] = np.inf
-    del varmap, wvar0
+    del varmap
+    rmsmap = prep.noise_map()
     timings["filter"] = time.perf_counter() - t2
 
     # ---- segmentation + deblending (sep)
@@ -467,10 +558,11 @@ def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, m
         "ndetect": int(ndetect),
         "nmerged": int(np.count_nonzero(absorber >= 0)),
         "weight_type": wtype,
-        "weight_scale": float(sigfac),
-        "weight_scale_measured": None if sigfac_measured is None else float(sigfac_measured),
-        "weight_thresh": float(wthresh),
-        "interpolated_pixels": n_interp,
+        "weight_scale": float(prep.sigfac),
+        "weight_scale_measured": (None if prep.sigfac_measured is None
+                                  else float(prep.sigfac_measured)),
+        "weight_thresh": float(prep.wthresh),
+        "interpolated_pixels": prep.n_interp,
         "back_type": params["BACK_TYPE"][0].upper(),
         "backmean": float(image_mesh.backmean),
         "backsig": float(backsig),

@@ -251,20 +251,6 @@ def forced_entry(band, det_filt: str, det_key_sha256: str, err_type="rms_err", m
     return fs, key, params
 
 
-def _measurement_params(params: Params) -> Params:
-    """Parameters under which `detect_sources` only prepares the image.
-
-    SExtractor's background, weight rescaling and interpolation of the
-    measurement image do not depend on the detection settings, so running
-    galseg's own detect_sources with filtering off and an unreachable absolute
-    threshold yields exactly the measurement image's background-subtracted
-    pixels, noise map, background map and global noise -- through the very
-    code that single-band extraction uses -- at the cost of one cheap scan.
-    """
-    return params.replace(FILTER=False, THRESH_TYPE="ABSOLUTE", DETECT_THRESH=3.0e38,
-                          ANALYSIS_THRESH=3.0e38, DETECT_MAXAREA=0)
-
-
 def measure_forced(band, state: dict, params: Params, err_type="rms_err") -> Table:
     """Measure ``band`` on the detection state's sources (dual-image mode).
 
@@ -284,7 +270,7 @@ def measure_forced(band, state: dict, params: Params, err_type="rms_err") -> Tab
         `galseg.extract.measure.measure`'s columns, one row per detected
         object, ``NUMBER`` equal to the detection catalogue's.
     """
-    from ..extract.engine import detect_sources
+    from ..extract.engine import prepare_image
     from ..extract.measure import measure
 
     shape = tuple(state["segmap"].shape)
@@ -293,7 +279,7 @@ def measure_forced(band, state: dict, params: Params, err_type="rms_err") -> Tab
                          f"detection image has {shape[1]}x{shape[0]}; forced photometry needs "
                          "pixel-aligned images")
     sci, header, noise = read_inputs(band, err_type)
-    prep = detect_sources(sci, params=_measurement_params(params), header=header, **noise)
+    prep = prepare_image(sci, params=params, **noise)
     return measure(prep.data, prep.rms, state["segmap"], state["objects"], params,
                    wcs=band.load_wcs(), header=header, mask=prep.mask,
                    detection=state["data"], detection_rms=state["rms"],
