@@ -229,28 +229,61 @@ def atomic_write_fits_image(data, path: str | os.PathLike, header=None, *,
     # background): convert one block and use it again and again
     same_rows = arr.ndim > 0 and arr.strides[0] == 0
     first = np.ascontiguousarray(arr[:rows], dtype=be) if same_rows else None
-    with atomic_write(path, "wb", fsync=fsync) as f:
+    with atomic_write(path, "wb", fsync=fsync) as f, _Hasher(h) as hasher:
         f.write(head)
         f.flush()
-        if h is not None:
-            h.update(head)
+        hasher.update(head)
         fd = f.fileno()
         offset = len(head)
         for start in range(0, nrows, rows):
             block = (first[:min(rows, nrows - start)] if same_rows
                      else np.ascontiguousarray(arr[start:start + rows], dtype=be))
+            hasher.update(block)
             _write_sparse(fd, offset, block.view(np.uint8).reshape(-1))
-            if h is not None:
-                h.update(block.data)
             offset += block.nbytes
-        if h is not None:
-            h.update(b"\0" * (total - offset))
+        hasher.update(b"\0" * (total - offset))
         # the padding, and any trailing hole, are zeros
         os.ftruncate(fd, total)
         f.seek(0, os.SEEK_END)
         st = os.fstat(fd)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
             "sha256": h.hexdigest() if h is not None else None}
+
+
+class _Hasher:
+    """``hashlib`` updates on a helper thread, in order, while the caller
+    writes the same blocks (hashing and writing a large image take about as
+    long; both release the GIL).  At most two blocks wait, so memory stays
+    bounded.  A None hash does nothing."""
+
+    def __init__(self, h):
+        self._h = h
+        self._pool = None
+        self._pending: list = []
+
+    def __enter__(self):
+        if self._h is not None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="galseg-hash")
+        return self
+
+    def update(self, data) -> None:
+        if self._pool is None:
+            return
+        # one worker runs the updates first in, first out
+        self._pending.append(self._pool.submit(self._h.update, data))
+        while len(self._pending) > 2:
+            self._pending.pop(0).result()
+
+    def __exit__(self, *exc):
+        if self._pool is not None:
+            try:
+                for fut in self._pending:
+                    fut.result()
+            finally:
+                self._pool.shutdown(wait=True)
+        return False
 
 
 _PAGE = 4096
