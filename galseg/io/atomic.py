@@ -118,10 +118,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tru
         fsync_dir(path.parent)
 
 
-def atomic_write_bytes(data: bytes, path: str | os.PathLike, *, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` atomically."""
+def atomic_write_bytes(data: bytes, path: str | os.PathLike, *, fsync: bool = True,
+                       sha256: bool = False) -> dict[str, Any]:
+    """Write ``data`` to ``path`` atomically.
+
+    Returns the file's ``size``, ``mtime_ns``, ``ino`` and ``sha256`` (None
+    unless requested), as `atomic_write_fits` does.
+    """
     with atomic_write(path, "wb", fsync=fsync) as f:
         f.write(data)
+        f.flush()
+        st = os.fstat(f.fileno())
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
+            "sha256": hashlib.sha256(data).hexdigest() if sha256 else None}
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike, *, fsync: bool = True,

@@ -28,15 +28,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 from astropy.table import Table
 
-from ..io.atomic import atomic_write, atomic_write_fits, file_sha256_stat
+from ..io.atomic import atomic_write, atomic_write_bytes, file_sha256_stat
+from ..io.fitstable import table_file_bytes
 from ..products.fileset import FileSet
 
 __all__ = ["SHARED_COLUMNS", "COLUMN_DESCRIPTIONS", "describe_column", "join_forced",
@@ -239,29 +238,21 @@ def _readme(table: Table, bands: list[dict], det: dict, cat_name: str) -> str:
 def write_multiband(fs: FileSet, key_sha: str, table: Table, bands: list[dict],
                     det: dict) -> None:
     """Write the joined catalogue (FITS with TCOMMn descriptions) and its README atomically."""
-    t = table.copy(copy_data=False)
-    t.meta = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-        hdu = fits.table_to_hdu(t)
-        for i, name in enumerate(t.colnames, start=1):
-            desc = t[name].description
-            if desc:
-                hdu.header[f"TCOMM{i}"] = desc[:68]
-        hdu.header["DETBAND"] = (det["filt"], "detection band")
-        hdu.header["NBANDS"] = (len(bands), "number of measured bands")
-        for i, b in enumerate(bands, start=1):
-            hdu.header[f"BAND{i}"] = (b["filt"], "measured band (column suffix)")
-            if b.get("zp") is not None:
-                hdu.header[f"HIERARCH ZP_{b['filt']}"] = (float(b["zp"]), "AB zero point")
-        for i, d in enumerate(bands[0]["aper_diams_arcsec"], start=1):
-            hdu.header[f"APER{i}"] = (float(d), "aperture diameter [arcsec]")
-        hdu.header["JOINKEY"] = ("NUMBER", "per-band catalogues joined on this column")
-    hdu.name = "CATALOG"
+    cards = [(f"TCOMM{i}", table[name].description[:68])
+             for i, name in enumerate(table.colnames, start=1) if table[name].description]
+    cards += [("DETBAND", det["filt"], "detection band"),
+              ("NBANDS", len(bands), "number of measured bands")]
+    for i, b in enumerate(bands, start=1):
+        cards.append((f"BAND{i}", b["filt"], "measured band (column suffix)"))
+        if b.get("zp") is not None:
+            cards.append((f"HIERARCH ZP_{b['filt']}", float(b["zp"]), "AB zero point"))
+    cards += [(f"APER{i}", float(d), "aperture diameter [arcsec]")
+              for i, d in enumerate(bands[0]["aper_diams_arcsec"], start=1)]
+    cards.append(("JOINKEY", "NUMBER", "per-band catalogues joined on this column"))
+    data = table_file_bytes(table, cards=cards)
     readme = _readme(table, bands, det, fs.path("cat").name)
     fs.begin()
-    written = {"cat": atomic_write_fits(fits.HDUList([fits.PrimaryHDU(), hdu]), fs.path("cat"),
-                                        sha256=True)}
+    written = {"cat": atomic_write_bytes(data, fs.path("cat"), sha256=True)}
     with atomic_write(fs.path("readme"), "w") as f:
         f.write(readme)
     digest, st = file_sha256_stat(fs.path("readme"))

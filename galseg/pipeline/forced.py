@@ -44,11 +44,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 from astropy.table import Table
 
 from ..extract.params import Params
-from ..io.atomic import atomic_write, atomic_write_fits
+from ..io.atomic import atomic_write, atomic_write_bytes
+from ..io.fitstable import meta_cards, table_file_bytes
 from ..products import make_key
 from ..products.fileset import FileSet
 from .band import (
@@ -287,26 +287,10 @@ def measure_forced(band, state: dict, params: Params, err_type="rms_err") -> Tab
                    blank=state["blank"], iso_segmap=state["own_segmap"])
 
 
-def _table_hdu(cat: Table, extra: dict) -> fits.BinTableHDU:
-    import warnings
-
-    t = cat.copy(copy_data=False)
-    scalar = (str, int, float, bool, np.number)
-    t.meta = {k: v for k, v in cat.meta.items()
-              if isinstance(k, str) and len(k) <= 8 and isinstance(v, scalar)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-        hdu = fits.table_to_hdu(t)
-        for k, v in extra.items():
-            hdu.header[k] = v
-    hdu.name = "CATALOG"
-    return hdu
-
-
 def _write_catalog(fs: FileSet, key_sha: str, cat: Table, header: dict, info: dict) -> None:
-    hdul = fits.HDUList([fits.PrimaryHDU(), _table_hdu(cat, header)])
+    data = table_file_bytes(cat, cards=meta_cards(cat, header))
     fs.begin()
-    written = {"cat": atomic_write_fits(hdul, fs.path("cat"), sha256=True)}
+    written = {"cat": atomic_write_bytes(data, fs.path("cat"), sha256=True)}
     fs.commit(key_sha, written, info)
 
 

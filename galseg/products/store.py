@@ -39,12 +39,15 @@ from astropy.table import Table
 
 from galseg.extract.result import ExtractionResult
 from galseg.io.atomic import (
+    atomic_write_bytes,
     atomic_write_fits,
     atomic_write_fits_image,
     atomic_write_json,
     file_sha256_stat,
     fsync_dir,
 )
+
+from galseg.io.fitstable import meta_cards, table_file_bytes
 
 from .fingerprint import RACY_NS, input_fingerprint
 from .key import IDENTITY_FIELDS, ProductKey, _jsonable, describe_difference, library_versions
@@ -103,8 +106,12 @@ def _environment_versions() -> dict[str, str]:
 
 
 def _write_part(hdus, path: Path, *, image=None, dtype=None) -> dict[str, Any]:
+    """Write one product file (an image with header ``hdus``, FITS bytes, or
+    an HDUList) atomically; its file record for the sidecar."""
     if image is not None:
         info = atomic_write_fits_image(image, path, hdus, dtype=dtype, sha256=True)
+    elif isinstance(hdus, bytes):
+        info = atomic_write_bytes(hdus, path, sha256=True)
     else:
         info = atomic_write_fits(hdus, path, sha256=True)
     # The rename changed the ctime; take it from the path, but only if the
@@ -506,9 +513,10 @@ class ProductEntry:
             hdr = wcs.copy()
             apply_provenance(hdr, prov, PRODUCT_TYPES[part])
             jobs[part] = (hdr, self.path(part), data, dtype)
-        primary = fits.PrimaryHDU()
-        apply_provenance(primary.header, prov, PRODUCT_TYPES["cat"])
-        jobs["cat"] = (fits.HDUList([primary, _table_hdu(cat)]), self.cat_path, None, None)
+        primary = fits.Header()
+        apply_provenance(primary, prov, PRODUCT_TYPES["cat"])
+        jobs["cat"] = (table_file_bytes(cat, primary=primary, cards=meta_cards(cat)),
+                       self.cat_path, None, None)
         # The files are independent: the images are written (conversion,
         # hashing and I/O release the GIL) while the catalogue is serialised;
         # any failure propagates before the sidecar is written.
@@ -587,20 +595,6 @@ class ProductEntry:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(p)
         return removed
-
-
-def _table_hdu(cat: Table) -> fits.BinTableHDU:
-    import warnings
-
-    t = cat.copy(copy_data=False)
-    # Only simple scalar metadata fits in FITS keywords; the rest would fail.
-    t.meta = {k: v for k, v in cat.meta.items()
-              if isinstance(k, str) and isinstance(v, (str, int, float, bool, np.number))}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-        hdu = fits.table_to_hdu(t)
-    hdu.name = "CATALOG"
-    return hdu
 
 
 class ProductStore:
