@@ -873,6 +873,12 @@ def _winpos(data, rms, seg, pf, has_pf, label, mode, weighted,
     invgain = 1.0 / gain if gain > 0.0 else 0.0
     mx = mx0
     my = my0
+    # row buffers: a box row is at most 2*raper + 2 wide
+    nbuf = w if not (np.float64(raper) < w) else min(w, 2 * int(np.float64(raper) + 1.5) + 2)
+    wbuf = np.empty(nbuf, dtype=np.float32)
+    pixb = np.empty(nbuf)
+    varb = np.empty(nbuf)
+    cand = np.empty(nbuf, dtype=np.int64)
     # rows of the first box and a margin for the centre's moves
     half = int(np.float64(raper) + 1.5) + 8 if np.float64(raper) < h else h
     ybase = int(my0) - half
@@ -927,6 +933,13 @@ def _winpos(data, rms, seg, pf, has_pf, label, mode, weighted,
             ady = abs(np.float64(dy))
             fary = (ady + whalf) * (ady + whalf)
             neary = (ady - whalf) * (ady - whalf) if ady > whalf else 0.0
+            # Three passes, so that the summing loop makes no call (values
+            # live across a call leave the registers: x86-64 saves no xmm
+            # register, and the seven sums would go through the stack): the
+            # weights (sub-pixel area times expf) and the run of pixels inside,
+            # the values SExtractor sums on a row with neighbours, the sums.
+            xa = xmax
+            xb = xmin - 1
             for x in range(xmin, xmax):
                 dx = F32(x - mx)
                 r2 = dx * dx + dyy
@@ -938,31 +951,40 @@ def _winpos(data, rms, seg, pf, has_pf, label, mode, weighted,
                     else:
                         locarea = F32(1.0)
                     locarea *= math.exp(-r2 * invtwosig2)  # float32: C's expf
+                    wbuf[_U(x - xmin)] = locarea
+                    xa = min(xa, x)
+                    xb = x
+            if xa > xb:
+                continue
+            if not clean:
+                _fill_row(data, rms, seg, pf, has_pf, y, xa, xb, label, mode,
+                          weighted, var0, m2x, m2y, pixb, varb, cand)
+            ddy = np.float64(dy)
+            for x in range(xa, xb + 1):
+                locarea = wbuf[_U(x - xmin)]
+                if clean:
+                    pix = np.float64(data[_U(y), _U(x)])
                     r_ = rms[_U(y), _U(x)]
-                    if clean or _usable(rms, seg, pf, has_pf, x, y, label, mode):
-                        pix = np.float64(data[_U(y), _U(x)])
-                        var = np.float64(r_ * r_)
-                        _ = False
+                    var = np.float64(r_ * r_)
+                else:
+                    pix = pixb[_U(x - xa)]
+                    var = varb[_U(x - xa)]
+                la = np.float64(locarea)
+                locpix = la * pix
+                tv += locpix
+                ddx = np.float64(F32(x - mx))
+                dxpos += locpix * ddx
+                dypos += locpix * ddy
+                err = var
+                if invgain > 0.0 and pix > 0.0:
+                    if gainflag:
+                        err += pix * invgain * var / backnoise2
                     else:
-                        pix, var, _ = _fetch_slow(data, rms, seg, pf, has_pf, x, y,
-                                                  label, mode, weighted, var0, m2x, m2y)
-                    la = np.float64(locarea)
-                    locpix = la * pix
-                    tv += locpix
-                    ddx = np.float64(dx)
-                    ddy = np.float64(dy)
-                    dxpos += locpix * ddx
-                    dypos += locpix * ddy
-                    err = var
-                    if invgain > 0.0 and pix > 0.0:
-                        if gainflag:
-                            err += pix * invgain * var / backnoise2
-                        else:
-                            err += pix * invgain
-                    esum += np.float64(locarea * locarea) * err
-                    mx2 += locpix * ddx * ddx
-                    my2 += locpix * ddy * ddy
-                    mxy += locpix * ddx * ddy
+                        err += pix * invgain
+                esum += np.float64(locarea * locarea) * err
+                mx2 += locpix * ddx * ddx
+                my2 += locpix * ddy * ddy
+                mxy += locpix * ddx * ddy
         if tv > 0.0:
             dxpos /= tv
             dypos /= tv
