@@ -141,26 +141,22 @@ def _row_usable(rms, seg, pf, has_pf, y, x0, x1, label, mode):
 
     A branch-free pass that vectorises (unsigned indices, see `_U`).
     """
-    rrow = rms[y]
     nbad = 0
     if has_pf:
-        frow = pf[y]
-        srow = seg[y]
         check_seg = mode != MODE_NONE
         for x in range(x0, x1):
-            f = frow[_U(x)]
+            f = pf[_U(y), _U(x)]
             nbad += (((f & PF_MASK) != 0)
                      | (check_seg & (((f & PF_STUCK) != 0)
-                                     | (((f & PF_BLANK) != 0) & (srow[_U(x)] != label))))
-                     | (not (rrow[_U(x)] < np.inf)))
+                                     | (((f & PF_BLANK) != 0) & (seg[_U(y), _U(x)] != label))))
+                     | (not (rms[_U(y), _U(x)] < np.inf)))
     elif mode != MODE_NONE:
-        srow = seg[y]
         for x in range(x0, x1):
-            s_ = srow[_U(x)]
-            nbad += ((s_ != 0) & (s_ != label)) | (not (rrow[_U(x)] < np.inf))
+            s_ = seg[_U(y), _U(x)]
+            nbad += ((s_ != 0) & (s_ != label)) | (not (rms[_U(y), _U(x)] < np.inf))
     else:
         for x in range(x0, x1):
-            nbad += not (rrow[_U(x)] < np.inf)
+            nbad += not (rms[_U(y), _U(x)] < np.inf)
     return nbad == 0
 
 
@@ -211,36 +207,32 @@ def _fill_row(data, rms, seg, pf, has_pf, y, xa, xb, label, mode,
     passes copy the values and list the candidates for replacement (any flag,
     or bad noise) in ``cand``; then only those are settled exactly.
     """
-    drow = data[y]
-    rrow = rms[y]
     n = xb - xa + 1
     for k in range(n):
-        r = rrow[_U(xa + k)]
-        pixb[_U(k)] = drow[_U(xa + k)]
+        r = rms[_U(y), _U(xa + k)]
+        pixb[_U(k)] = data[_U(y), _U(xa + k)]
         varb[_U(k)] = r * r
     # candidates: counted by a vectorised reduction, listed only if any
     nc = 0
     if has_pf:
-        frow = pf[y]
         for k in range(n):
-            nc += (frow[_U(xa + k)] != 0) | (not (rrow[_U(xa + k)] < np.inf))
+            nc += (pf[_U(y), _U(xa + k)] != 0) | (not (rms[_U(y), _U(xa + k)] < np.inf))
         if nc == 0:
             return
         nc = 0
         for k in range(n):
-            if frow[_U(xa + k)] != 0 or not (rrow[_U(xa + k)] < np.inf):
+            if pf[_U(y), _U(xa + k)] != 0 or not (rms[_U(y), _U(xa + k)] < np.inf):
                 cand[_U(nc)] = k
                 nc += 1
     else:
         check_seg = mode != MODE_NONE
-        srow = seg[y]
         for k in range(n):
-            nc += (check_seg & (srow[_U(xa + k)] != 0)) | (not (rrow[_U(xa + k)] < np.inf))
+            nc += (check_seg & (seg[_U(y), _U(xa + k)] != 0)) | (not (rms[_U(y), _U(xa + k)] < np.inf))
         if nc == 0:
             return
         nc = 0
         for k in range(n):
-            if (check_seg and srow[_U(xa + k)] != 0) or not (rrow[_U(xa + k)] < np.inf):
+            if (check_seg and seg[_U(y), _U(xa + k)] != 0) or not (rms[_U(y), _U(xa + k)] < np.inf):
                 cand[_U(nc)] = k
                 nc += 1
     h, w = data.shape
