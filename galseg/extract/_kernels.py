@@ -571,12 +571,12 @@ def _auto(data, rms, ddata, drms, seg, pf, has_pf, label, mode,
     areab = 0
     for y in range(ymin, ymax):
         dy = F32(y) - my
+        clean = _row_usable(drms, seg, pf, has_pf, y, xmin, xmax, label, mode)
         for x in range(xmin, xmax):
             dx = F32(x) - mx
             r2 = cx2 * dx * dx + cy2 * dy * dy + cxy * dx * dy
             if r2 <= klim2:
-                if (_blanked(seg, pf, has_pf, x, y, label, mode)
-                        or _bad(drms, pf, has_pf, x, y)):
+                if not (clean or _usable(drms, seg, pf, has_pf, x, y, label, mode)):
                     areab += 1
                 else:
                     area += 1
