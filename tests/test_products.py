@@ -36,6 +36,7 @@ from galseg.io.atomic import (  # noqa: E402
     atomic_write_fits,
     atomic_write_fits_image,
     atomic_write_json,
+    discard_file,
     is_orphan_temp,
 )
 from galseg.products import (  # noqa: E402
@@ -247,6 +248,25 @@ def test_orphan_temp_detection(tmp_path):
     assert not is_orphan_temp(mine)
     assert not is_orphan_temp(other_host)           # pid unknowable: wait for age
     assert is_orphan_temp(other_host, min_age_s=-1)
+
+
+def test_discard_file_frees_the_name_at_once(tmp_path):
+    import threading
+
+    target = tmp_path / "x_seg.fits"
+    target.write_bytes(b"old" * 1000)
+    keep = tmp_path / "x_cat.fits"
+    keep.write_bytes(b"cat")
+    discard_file(target)
+    assert not target.exists()
+    # the new file lands on the free name; the old one goes under a temp name
+    atomic_write_json({"new": 1}, target)
+    assert json.loads(target.read_text()) == {"new": 1}
+    for t in threading.enumerate():
+        if t.name == "galseg-discard":
+            t.join()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x_cat.fits", "x_seg.fits"]
+    discard_file(tmp_path / "missing.fits")  # nothing to do
 
 
 # ---------------------------------------------------------------------- fingerprints

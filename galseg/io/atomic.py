@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "file_sha256_stat",
     "fsync_dir",
     "is_orphan_temp",
+    "discard_file",
     "TEMP_PATTERN",
 ]
 
@@ -49,6 +51,32 @@ _HASH_CHUNK = 8 * 1024 * 1024
 
 def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{_HOST_TAG}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def discard_file(path: str | os.PathLike) -> None:
+    """Remove a file that is about to be rewritten, without waiting for it.
+
+    The file is renamed at once to a temporary name (see `is_orphan_temp`)
+    and unlinked on a helper thread.  Freeing a large file's blocks takes up
+    to a second on some systems (online discard, journal flushes), and an
+    atomic write renamed over the old file would wait for it; the new file
+    then lands on a free name.  The thread is not a daemon (the interpreter
+    waits for it at exit); if the process dies first, ``galseg cache clean``
+    removes the orphan.  Only for files whose readers are already told that
+    they are being replaced (a withdrawn sidecar).
+    """
+    p = Path(path)
+    tmp = _temp_path(p)
+    try:
+        os.rename(p, tmp)
+    except FileNotFoundError:
+        return
+    threading.Thread(target=_unlink_quietly, args=(tmp,), name="galseg-discard").start()
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..io.atomic import atomic_write_json, file_sha256_stat, fsync_dir
+from ..io.atomic import atomic_write_json, discard_file, file_sha256_stat, fsync_dir
 from .key import _jsonable, library_versions
 from .lock import FileLock
 
@@ -159,6 +159,8 @@ class FileSet:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path("sidecar"))
             fsync_dir(self.directory)
+        for part in self.parts:
+            discard_file(self.path(part))
 
     def commit(self, key_sha256: str, written: dict[str, dict], info: dict | None = None) -> None:
         """Write the sidecar for the files just written.

@@ -40,6 +40,7 @@ from astropy.table import Table
 from galseg.extract.result import ExtractionResult
 from galseg.io.atomic import (
     atomic_write_bytes,
+    discard_file,
     atomic_write_fits,
     atomic_write_fits_image,
     atomic_write_json,
@@ -491,6 +492,9 @@ class ProductEntry:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.sidecar_path)
             fsync_dir(self.directory)
+        # the old files go in the background (freeing a big file can be slow)
+        for part in ("seg", "bkg", "cat"):
+            discard_file(self.path(part))
 
         prov = {
             "product": self.identity | {"stem": self.stem},
