@@ -68,7 +68,9 @@ def _table_hdu_bytes(table: Table, cards) -> bytes | None:
         base = ">u1" if code in "LB" else values.dtype.newbyteorder(">").str
         dtype.append((name, base, shape) if shape else (name, base))
     rec = np.empty(n, dtype=dtype)
-    header = fits.Header([
+    # one Header from the whole card list: appending card by card re-indexes
+    # the header each time
+    header_cards = [
         ("XTENSION", "BINTABLE", "binary table extension"),
         ("BITPIX", 8, "array data type"),
         ("NAXIS", 2, "number of array dimensions"),
@@ -77,23 +79,23 @@ def _table_hdu_bytes(table: Table, cards) -> bytes | None:
         ("PCOUNT", 0, "number of group parameters"),
         ("GCOUNT", 1, "number of groups"),
         ("TFIELDS", len(cols), "number of table fields"),
-    ])
+    ]
     for i, (name, values, code, shape, unit) in enumerate(cols, start=1):
         if code == "L":  # FITS logicals are the bytes 'T' / 'F'
             rec[name] = np.where(values, ord("T"), ord("F"))
         else:
             rec[name] = values
         repeat = int(np.prod(shape)) if shape else 1
-        header.append((f"TTYPE{i}", name))
-        header.append((f"TFORM{i}", f"{repeat if repeat != 1 else ''}{code}"))
+        header_cards.append((f"TTYPE{i}", name))
+        header_cards.append((f"TFORM{i}", f"{repeat if repeat != 1 else ''}{code}"))
         if unit:
-            header.append((f"TUNIT{i}", unit))
+            header_cards.append((f"TUNIT{i}", unit))
         if shape:
-            header.append((f"TDIM{i}", "(" + ",".join(str(s) for s in shape[::-1]) + ")"))
+            header_cards.append((f"TDIM{i}", "(" + ",".join(str(s) for s in shape[::-1]) + ")"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-        for card in cards:
-            header.append(card)
+        header = fits.Header(header_cards + [c if isinstance(c, fits.Card) else fits.Card(*c)
+                                             for c in cards])
     return header.tostring().encode("ascii") + _pad(rec.tobytes(), b"\0")
 
 
