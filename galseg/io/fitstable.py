@@ -48,9 +48,14 @@ def _fast_columns(table: Table):
     out = []
     for name in table.colnames:
         col = table[name]
-        if getattr(col, "mask", None) is not None and np.any(col.mask):
-            return None
         values = np.asarray(col)
+        mask = getattr(col, "mask", None)
+        if mask is not None and np.any(mask):
+            if values.dtype.kind != "f":
+                return None  # integers need TNULL: astropy's business
+            # masked floats are written as NaN, as astropy does (a catalogue
+            # read back masks its NaNs)
+            values = np.where(mask, np.nan, values).astype(values.dtype)
         code = _TFORM.get((values.dtype.kind, values.dtype.itemsize))
         if code is None or values.ndim > 2 or len(name) > 68:
             return None
