@@ -293,7 +293,6 @@ class _Prepared:
     weights), before any detection (see `_prepare`)."""
 
     data: np.ndarray            # background-subtracted, interpolated, 0 where masked
-    private: bool               # whether ``data`` is our own copy (may be written)
     hard: np.ndarray | None     # masked pixels (user mask, non-finite values), or None
     wtype: str
     rms_direct: np.ndarray | None  # the rms map itself, when it is exactly the noise
@@ -457,8 +456,8 @@ def _prepare(sci, *, rms=None, wht=None, var=None, params, mask=None) -> _Prepar
             private = True
         _set_where(data.reshape(-1), readonly(hard).reshape(-1), np.float32(0.0))
     timings["weights"] = time.perf_counter() - t1
-    return _Prepared(data, private, hard, wtype, rms_direct, varmap, wthresh, image_mesh,
-                     backsig, sigfac, sigfac_measured, bkg, n_interp, timings)
+    return _Prepared(data, hard, wtype, rms_direct, varmap, wthresh, image_mesh, backsig,
+                     sigfac, sigfac_measured, bkg, n_interp, timings)
 
 
 def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, mask=None,
