@@ -1,5 +1,6 @@
 """Bands in parallel: local processes and Dask give the serial run's products."""
 
+import math
 import os
 import pickle
 
@@ -49,7 +50,7 @@ def serial(tmp_path_factory):
 def test_two_local_workers_match_serial(serial, tmp_path):
     pooled = _run(tmp_path, workers=2)
     assert all(r["status"] == "computed" for r in pooled.segment_summary)
-    # Every band was made in a worker process, not here.
+    # Every band was computed (by the workers, or here while the new pool started).
     assert all(not b.seg_args["from_cache"] for b in pooled)
     _same_products(serial, pooled)
 
@@ -115,6 +116,19 @@ def test_a_failing_band_is_named(serial, tmp_path):
     with pytest.raises(ValueError, match="workers must be >= 1"):
         map_bands(segment_task, [good], workers=0)
     assert map_bands(segment_task, [], workers=2) == []
+
+
+def test_a_new_pool_starts_while_this_process_works():
+    """While a new pool's processes start, this process runs tasks from the end
+    of the list: the results are the same, in task order, and a failure is named."""
+    from galseg.parallel.executor import shutdown_pools
+
+    shutdown_pools()
+    tasks = [float(-i) for i in range(20)]
+    assert map_bands(abs, tasks, workers=2, progress=False) == [abs(t) for t in tasks]
+    shutdown_pools()
+    with pytest.raises(BandTaskError, match=r"task 19 failed.*ValueError"):
+        map_bands(math.sqrt, [1.0] * 19 + [-1.0], workers=2, progress=False)
 
 
 def test_forkserver_preloads_only_the_galseg_in_use(tmp_path, monkeypatch):

@@ -15,7 +15,9 @@ Backends
     again (unless the current directory holds another galseg than the one
     imported here: then workers import it themselves, from this process's
     ``sys.path``).  ``workers=None`` uses one process per CPU (at most one per task);
-    one task or ``workers=1`` runs in this process, without a pool.
+    one task or ``workers=1`` runs in this process, without a pool.  While a new
+    pool's processes start (~1-1.5 s), this process runs tasks itself, from the
+    end of the list, one at a time.
 ``scheduler=distributed.Client`` or an address (``"tcp://host:8786"``)
     The tasks go to the Dask cluster (``Client.map`` with ``pure=False``);
     a client made here from an address is closed afterwards.  Workers must
@@ -241,12 +243,19 @@ def _run_serial(fn: Callable, tasks: Sequence, bar, error: type, what: str = "")
 
 
 def _run_on_pool(pool: ProcessPoolExecutor, fn: Callable, tasks: Sequence, threads: int, bar,
-                error: type, what: str = "") -> list:
+                error: type, what: str = "", *, starting: bool = False) -> list:
     """``fn(task)`` for every task on a process pool, each worker limited to
     ``threads`` threads; results in task order.  The first failure cancels
-    the pending tasks and raises ``error`` naming the task."""
+    the pending tasks and raises ``error`` naming the task.
+
+    ``starting``: the pool's processes have not started yet; see
+    `_submit_while_starting`.
+    """
     results: list = [None] * len(tasks)
-    futures = {pool.submit(_call, fn, task, threads): i for i, task in enumerate(tasks)}
+    if starting and len(tasks) > 1:
+        futures = _submit_while_starting(pool, fn, tasks, threads, results, bar, error, what)
+    else:
+        futures = {pool.submit(_call, fn, task, threads): i for i, task in enumerate(tasks)}
     pending = set(futures)
     try:
         while pending:
@@ -266,6 +275,68 @@ def _run_on_pool(pool: ProcessPoolExecutor, fn: Callable, tasks: Sequence, threa
             fut.cancel()
         raise
     return results
+
+
+def _submit_while_starting(pool, fn, tasks, threads, results, bar, error, what) -> dict:
+    """Submit ``tasks`` to a pool whose processes have not started, running
+    tasks in this process until they have.
+
+    The first submit to a new pool blocks while its processes start (the
+    forkserver imports galseg: ~1-1.5 s on a small machine, a good part of a
+    short run).  A helper thread submits the tasks from the front of the
+    list; meanwhile this process runs them from the back (the same function:
+    the same results), and stops once the pool has taken its first task.
+    Fills ``results`` for the tasks run here; returns ``{future: index}`` for
+    the others.
+    """
+    lock = threading.Lock()
+    span = {"next": 0, "last": len(tasks) - 1}
+    started = threading.Event()
+    futures: dict = {}
+    failed: list = []
+
+    def submit_all():
+        try:
+            while True:
+                with lock:
+                    i = span["next"]
+                    if i > span["last"]:
+                        return
+                    span["next"] = i + 1
+                futures[pool.submit(_call, fn, tasks[i], threads)] = i
+                started.set()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            failed.append(exc)
+
+    submitter = threading.Thread(target=submit_all, name="galseg-pool-start", daemon=True)
+    submitter.start()
+    try:
+        while not started.is_set() and not failed:
+            with lock:
+                i = span["last"]
+                if i < span["next"]:
+                    break
+                span["last"] = i - 1
+            try:
+                results[i] = fn(tasks[i])
+            except Exception as exc:
+                raise error(f"{what}{_label(tasks[i], i)} failed: "
+                            f"{type(exc).__name__}: {exc}") from exc
+            if bar is not None:
+                bar.update(1)
+    except BaseException:
+        with lock:
+            span["last"] = -1  # the helper submits nothing more
+        submitter.join()
+        for fut in futures:
+            fut.cancel()
+        raise
+    submitter.join()
+    if failed:
+        hint = _BROKEN_HINT if isinstance(failed[0], BrokenProcessPool) else ""
+        raise error(f"{what}could not start the worker pool: "
+                    f"{type(failed[0]).__name__}: {failed[0]}{hint}") from failed[0]
+    return futures
 
 
 def _dask_client(scheduler):
@@ -334,17 +405,19 @@ def shutdown_pools(wait_for_workers: bool = True) -> None:
 atexit.register(shutdown_pools)
 
 
-def _acquire_pool(n: int) -> ProcessPoolExecutor:
+def _acquire_pool(n: int) -> tuple[ProcessPoolExecutor, bool]:
+    """A kept pool of ``n`` workers, or a new one; and whether it is new
+    (its processes start with the first task)."""
     with _POOL_LOCK:
         timer = _TIMERS.pop(n, None)
         if timer is not None:
             timer.cancel()
         pool = _POOLS.pop(n, None)
     if pool is not None and not getattr(pool, "_broken", False):
-        return pool
+        return pool, False
     if pool is not None:
         pool.shutdown(wait=False, cancel_futures=True)
-    return ProcessPoolExecutor(max_workers=n, mp_context=_mp_context())
+    return ProcessPoolExecutor(max_workers=n, mp_context=_mp_context()), True
 
 
 def _release_pool(n: int, pool: ProcessPoolExecutor, healthy: bool) -> None:
@@ -374,10 +447,11 @@ def _expire(n: int, pool: ProcessPoolExecutor) -> None:
 def _map_pool(fn, tasks, n, progress, desc):
     bar = _progress(len(tasks), desc, progress)
     t0 = time.perf_counter()
-    pool = _acquire_pool(n)
+    pool, fresh = _acquire_pool(n)
     healthy = False
     try:
-        results = _run_on_pool(pool, fn, tasks, max(1, _cpu_count() // n), bar, BandTaskError)
+        results = _run_on_pool(pool, fn, tasks, max(1, _cpu_count() // n), bar, BandTaskError,
+                               starting=fresh)
         healthy = True
     finally:
         if bar is not None:
