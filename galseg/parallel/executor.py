@@ -17,7 +17,8 @@ Backends
     ``sys.path``).  ``workers=None`` uses one process per CPU (at most one per task);
     one task or ``workers=1`` runs in this process, without a pool.  While a new
     pool's processes start (~1-1.5 s), this process runs tasks itself, from the
-    end of the list, one at a time.
+    end of the list, one at a time (not while the kernels still have to be
+    compiled).
 ``scheduler=distributed.Client`` or an address (``"tcp://host:8786"``)
     The tasks go to the Dask cluster (``Client.map`` with ``pure=False``);
     a client made here from an address is closed afterwards.  Workers must
@@ -405,6 +406,15 @@ def shutdown_pools(wait_for_workers: bool = True) -> None:
 atexit.register(shutdown_pools)
 
 
+def _kernels_cached() -> bool:
+    """Whether numba's cache holds galseg's kernels.  With a cold cache every
+    process compiles them (~30 s): this one then does not run tasks while a new
+    pool starts (three compilations on two cores would cost more than it saves)."""
+    from ..extract._kernels import kernels_cached
+
+    return kernels_cached()
+
+
 def _acquire_pool(n: int) -> tuple[ProcessPoolExecutor, bool]:
     """A kept pool of ``n`` workers, or a new one; and whether it is new
     (its processes start with the first task)."""
@@ -451,7 +461,7 @@ def _map_pool(fn, tasks, n, progress, desc):
     healthy = False
     try:
         results = _run_on_pool(pool, fn, tasks, max(1, _cpu_count() // n), bar, BandTaskError,
-                               starting=fresh)
+                               starting=fresh and _kernels_cached())
         healthy = True
     finally:
         if bar is not None:
