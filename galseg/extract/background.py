@@ -39,6 +39,8 @@ BIG = 1e30
 # back.h
 _BACK_BUFSIZE = 1048576
 _BACK_MINGOODFRAC = 0.5
+# never-negative indices as unsigned: numba's negative-index wrap costs in hot loops
+_U = np.uint64
 _QUANTIF_NSIGMA = 5
 _QUANTIF_NMAXLEVELS = 4096
 _QUANTIF_AMIN = 4
@@ -228,15 +230,15 @@ def _mesh_row_stats(data, valid, wvar, use_w, want_w, wthresh, y0, h, statlines,
         for li in range(nstat):
             y = statlines[li]
             for x in range(x0, x0 + mw):
-                if not (all_valid or valid[y, x]):
+                if not (all_valid or valid[_U(y), _U(x)]):
                     continue
-                if use_w and not (wvar[y, x] < wthresh):
+                if use_w and not (wvar[_U(y), _U(x)] < wthresh):
                     continue
-                pix = np.float64(data[y, x])
+                pix = np.float64(data[_U(y), _U(x)])
                 mean += pix
                 sig2 += pix * pix
                 if want_w:
-                    wp = np.float64(wvar[y, x])
+                    wp = np.float64(wvar[_U(y), _U(x)])
                     wmean += wp
                     wsig2 += wp * wp
                 npix += 1
@@ -270,10 +272,10 @@ def _mesh_row_stats(data, valid, wvar, use_w, want_w, wthresh, y0, h, statlines,
         for li in range(nstat):
             y = statlines[li]
             for x in range(x0, x0 + mw):
-                if not (all_valid or valid[y, x]):
+                if not (all_valid or valid[_U(y), _U(x)]):
                     continue
-                pix32 = data[y, x]
-                if use_w and not (wvar[y, x] < wthresh):
+                pix32 = data[_U(y), _U(x)]
+                if use_w and not (wvar[_U(y), _U(x)] < wthresh):
                     continue
                 if pix32 <= hcut and pix32 >= lcut:
                     pix = np.float64(pix32)
@@ -281,7 +283,7 @@ def _mesh_row_stats(data, valid, wvar, use_w, want_w, wthresh, y0, h, statlines,
                     sig2 += pix * pix
                     npix += 1
                     if want_w:
-                        wp32 = wvar[y, x]
+                        wp32 = wvar[_U(y), _U(x)]
                         if wp32 <= whcut and wp32 >= wlcut:
                             wp = np.float64(wp32)
                             wmean += wp
@@ -317,11 +319,11 @@ def _mesh_row_stats(data, valid, wvar, use_w, want_w, wthresh, y0, h, statlines,
             wcste = np.float32(np.float32(0.499999) - wqzero / wqscale)
         for y in range(y0, y0 + h):
             for x in range(x0, x0 + mw):
-                if not (all_valid or valid[y, x]):
+                if not (all_valid or valid[_U(y), _U(x)]):
                     continue
-                b = int(data[y, x] / qscale + cste)
+                b = int(data[_U(y), _U(x)] / qscale + cste)
                 if use_w:
-                    wp32 = wvar[y, x]
+                    wp32 = wvar[_U(y), _U(x)]
                     if wp32 < wthresh and b < nlevels and b >= 0:
                         histo[b] += 1
                         if want_w:
