@@ -599,8 +599,9 @@ def test_unlocked_concurrent_saves_never_yield_a_trusted_mix(tmp_path, inputs):
         assert len(writers) == 1, f"valid product mixes writers {writers}"
         assert entry.verify()
     else:
-        assert "checksum" in entry.why_invalid or "incomplete" in entry.why_invalid or \
-            "bytes" in entry.why_invalid, entry.why_invalid
+        # (a writer moves the other's files aside before writing its own: "missing")
+        assert any(w in entry.why_invalid for w in ("checksum", "incomplete", "bytes", "missing")), \
+            entry.why_invalid
     print(f"\nunlocked writers: final product valid={entry.why_invalid is None} "
           f"({entry.why_invalid})")
 

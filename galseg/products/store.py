@@ -118,8 +118,11 @@ def _write_part(hdus, path: Path, *, image=None, dtype=None) -> dict[str, Any]:
     # The rename changed the ctime; take it from the path, but only if the
     # file there is still ours (same inode), else leave it unknown so that a
     # file renamed over ours can never pass the stat check.
-    st = os.stat(path)
-    ctime = st.st_ctime_ns if st.st_ino == info["ino"] else None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:  # another (unlocked) writer already moved it aside
+        st = None
+    ctime = st.st_ctime_ns if st is not None and st.st_ino == info["ino"] else None
     return {"name": path.name, **info, "ctime_ns": ctime}
 
 
