@@ -701,11 +701,12 @@ def _lutz_chains(mask, minarea):
             if cs != OBJECT:
                 # nothing happens on a pixel that is off, without a marker,
                 # outside a segment: go to the next one that matters
+                # (xl >= 0: unsigned indices spare numba's negative-index wrap)
                 if inside:
-                    while xl < width and not row[xl] and marker[xl] == 0:
+                    while xl < width and not row[np.uint64(xl)] and marker[np.uint64(xl)] == 0:
                         xl += 1
                 else:
-                    while xl < width and marker[xl] == 0:
+                    while xl < width and marker[np.uint64(xl)] == 0:
                         xl += 1
             if xl > width:
                 break
