@@ -35,6 +35,7 @@ __all__ = [
     "fsync_dir",
     "is_orphan_temp",
     "discard_file",
+    "atomic_write_npy",
     "TEMP_PATTERN",
 ]
 
@@ -283,6 +284,26 @@ def atomic_write_fits_image(data, path: str | os.PathLike, header=None, *,
         os.ftruncate(fd, total)
         f.seek(0, os.SEEK_END)
         st = os.fstat(fd)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
+            "sha256": h.hexdigest() if h is not None else None}
+
+
+def atomic_write_npy(arr, path: str | os.PathLike, *, fsync: bool = True,
+                     sha256: bool = False) -> dict[str, Any]:
+    """Write ``arr`` as a ``.npy`` file atomically (no pickles), hashing it on
+    the way; returns the file record, as `atomic_write_fits` does."""
+    import numpy as np
+
+    class _Out:  # np.save writes a non-file object in chunks: hash each on the way
+        def write(self, data):
+            hasher.update(data)
+            return f.write(data)
+
+    h = hashlib.sha256() if sha256 else None
+    with atomic_write(path, "wb", fsync=fsync) as f, _Hasher(h) as hasher:
+        np.save(_Out(), np.ascontiguousarray(arr), allow_pickle=False)
+        f.flush()
+        st = os.fstat(f.fileno())  # the rename keeps size, mtime and inode
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
             "sha256": h.hexdigest() if h is not None else None}
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from ..io.atomic import atomic_write, atomic_write_bytes, file_sha256_stat
+from ..io.atomic import atomic_write_bytes
 from ..io.fitstable import table_file_bytes
 from ..products.fileset import FileSet
 
@@ -252,12 +252,9 @@ def write_multiband(fs: FileSet, key_sha: str, table: Table, bands: list[dict],
     data = table_file_bytes(table, cards=cards)
     readme = _readme(table, bands, det, fs.path("cat").name)
     fs.begin()
-    written = {"cat": atomic_write_bytes(data, fs.path("cat"), sha256=True)}
-    with atomic_write(fs.path("readme"), "w") as f:
-        f.write(readme)
-    digest, st = file_sha256_stat(fs.path("readme"))
-    written["readme"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
-                         "sha256": digest}
+    written = {"cat": atomic_write_bytes(data, fs.path("cat"), sha256=True),
+               "readme": atomic_write_bytes(readme.encode("utf-8"), fs.path("readme"),
+                                            sha256=True)}
     fs.commit(key_sha, written, {"detection": det["filt"], "nobj": len(table),
                                  "bands": [b["filt"] for b in bands]})
 

@@ -35,9 +35,7 @@ it in the page cache.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +45,7 @@ import numpy as np
 from astropy.table import Table
 
 from ..extract.params import Params
-from ..io.atomic import atomic_write, atomic_write_bytes
+from ..io.atomic import atomic_write_bytes, atomic_write_npy
 from ..io.fitstable import meta_cards, table_file_bytes
 from ..products import make_key
 from ..products.fileset import FileSet
@@ -133,28 +131,6 @@ class DetectionState:
         return out
 
 
-class _HashingWriter:
-    """A write-only file that hashes what passes through it."""
-
-    def __init__(self, f):
-        self._f = f
-        self.sha256 = hashlib.sha256()
-
-    def write(self, data) -> int:
-        self.sha256.update(data)
-        return self._f.write(data)
-
-
-def _save_npy(arr: np.ndarray, path: Path) -> dict:
-    with atomic_write(path, "wb") as f:
-        out = _HashingWriter(f)
-        np.save(out, np.ascontiguousarray(arr), allow_pickle=False)
-        f.flush()
-        st = os.fstat(f.fileno())  # the rename keeps size, mtime and inode
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
-            "sha256": out.sha256.hexdigest()}
-
-
 def detection_state(det_band, err_type="rms_err", config="galfind_default", *,
                     overwrite=False, **overrides) -> DetectionState:
     """Segment the detection band (cached) and keep what forced photometry needs.
@@ -211,7 +187,7 @@ def detection_state(det_band, err_type="rms_err", config="galfind_default", *,
         arrays = {"objects": src.objects, "segmap": src.segmap, "own_segmap": src.own_segmap,
                   "blank": src.blank, "data": src.data, "rms": src.rms}
         fs.begin()
-        written = {part: _save_npy(arrays[part], fs.path(part)) for part in DETECTION_PARTS}
+        written = {part: atomic_write_npy(arrays[part], fs.path(part), sha256=True) for part in DETECTION_PARTS}
         fs.commit(key_sha, written, {"filt": det_band.filt, "product": entry.stem,
                                      "nobj": int(len(src.objects)),
                                      "seconds": round(time.perf_counter() - t0, 4)})

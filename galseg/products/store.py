@@ -40,14 +40,12 @@ from astropy.table import Table
 from galseg.extract.result import ExtractionResult
 from galseg.io.atomic import (
     atomic_write_bytes,
-    discard_file,
-    atomic_write_fits,
     atomic_write_fits_image,
     atomic_write_json,
+    discard_file,
     file_sha256_stat,
     fsync_dir,
 )
-
 from galseg.io.fitstable import meta_cards, table_file_bytes
 
 from .fingerprint import RACY_NS, input_fingerprint
@@ -106,15 +104,14 @@ def _environment_versions() -> dict[str, str]:
     return v
 
 
-def _write_part(hdus, path: Path, *, image=None, dtype=None) -> dict[str, Any]:
-    """Write one product file (an image with header ``hdus``, FITS bytes, or
-    an HDUList) atomically; its file record for the sidecar."""
+def _write_part(path: Path, *, data: bytes | None = None, image=None, header=None,
+                dtype=None) -> dict[str, Any]:
+    """Write one product file atomically (the FITS bytes ``data``, or ``image``
+    with ``header``); its file record for the sidecar."""
     if image is not None:
-        info = atomic_write_fits_image(image, path, hdus, dtype=dtype, sha256=True)
-    elif isinstance(hdus, bytes):
-        info = atomic_write_bytes(hdus, path, sha256=True)
+        info = atomic_write_fits_image(image, path, header, dtype=dtype, sha256=True)
     else:
-        info = atomic_write_fits(hdus, path, sha256=True)
+        info = atomic_write_bytes(data, path, sha256=True)
     # The rename changed the ctime; take it from the path, but only if the
     # file there is still ours (same inode), else leave it unknown so that a
     # file renamed over ours can never pass the stat check.
@@ -514,24 +511,21 @@ class ProductEntry:
             "meta": meta,
             "provenance": user_prov,
         }
-        wcs = wcs_cards(wcs_header)
-        jobs = {}
-        for part, data, dtype in (("seg", seg, np.int32), ("bkg", bkg, np.float32)):
-            hdr = wcs.copy()
-            apply_provenance(hdr, prov, PRODUCT_TYPES[part])
-            jobs[part] = (hdr, self.path(part), data, dtype)
         primary = fits.Header()
         apply_provenance(primary, prov, PRODUCT_TYPES["cat"])
-        jobs["cat"] = (table_file_bytes(cat, primary=primary, cards=meta_cards(cat)),
-                       self.cat_path, None, None)
-        # The files are independent: the images are written (conversion,
-        # hashing and I/O release the GIL) while the catalogue is serialised;
-        # any failure propagates before the sidecar is written.
+        cat_bytes = table_file_bytes(cat, primary=primary, cards=meta_cards(cat))
+        wcs = wcs_cards(wcs_header)
+        # The two images are written at once (conversion, hashing and I/O
+        # release the GIL), the catalogue meanwhile; any failure propagates
+        # before the sidecar is written.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="galseg-save") as pool:
-            futures = {part: pool.submit(_write_part, hdus, path, image=data, dtype=dtype)
-                       for part, (hdus, path, data, dtype) in jobs.items() if part != "cat"}
-            hdus, path, _, _ = jobs["cat"]
-            files = {"cat": _write_part(hdus, path)}
+            futures = {}
+            for part, data, dtype in (("seg", seg, np.int32), ("bkg", bkg, np.float32)):
+                hdr = wcs.copy()
+                apply_provenance(hdr, prov, PRODUCT_TYPES[part])
+                futures[part] = pool.submit(_write_part, self.path(part), image=data, header=hdr,
+                                            dtype=dtype)
+            files = {"cat": _write_part(self.cat_path, data=cat_bytes)}
             files.update((part, f.result()) for part, f in futures.items())
 
         if lock is not None and not lock.still_held():
