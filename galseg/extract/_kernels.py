@@ -48,11 +48,7 @@ from . import _parallel
 from .background import _backguess
 
 F32 = np.float32
-# Unsigned index.  numba wraps negative indices around, and that test in a
-# loop keeps LLVM from vectorising it (a row scan costs ~8x more); the
-# measurement kernels index with `_U(i)` wherever ``i`` cannot be negative
-# (boxes are clipped to the image, mirror pixels checked first).
-_U = np.uint64
+_U = _parallel.UINDEX  # never-negative indices: see UINDEX
 
 #: SExtractor constants (define.h, photom.h, growth.h, winpos.h, back.h).
 KRON_NSIG = 6.0          # 3 * MARGIN_SCALE

@@ -39,8 +39,7 @@ BIG = 1e30
 # back.h
 _BACK_BUFSIZE = 1048576
 _BACK_MINGOODFRAC = 0.5
-# never-negative indices as unsigned: numba's negative-index wrap costs in hot loops
-_U = np.uint64
+_U = _parallel.UINDEX  # never-negative indices: see UINDEX
 _QUANTIF_NSIGMA = 5
 _QUANTIF_NMAXLEVELS = 4096
 _QUANTIF_AMIN = 4

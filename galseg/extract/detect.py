@@ -57,6 +57,8 @@ __all__ = [
     "sextractor_pixel_lists",
 ]
 
+_U = _parallel.UINDEX  # never-negative indices: see UINDEX
+
 
 def detection_kernel(params):
     """The normalised detection filter of ``params`` (None when ``FILTER`` is N).
@@ -701,12 +703,12 @@ def _lutz_chains(mask, minarea):
             if cs != OBJECT:
                 # nothing happens on a pixel that is off, without a marker,
                 # outside a segment: go to the next one that matters
-                # (xl >= 0: unsigned indices spare numba's negative-index wrap)
+                # (xl >= 0: see UINDEX)
                 if inside:
-                    while xl < width and not row[np.uint64(xl)] and marker[np.uint64(xl)] == 0:
+                    while xl < width and not row[_U(xl)] and marker[_U(xl)] == 0:
                         xl += 1
                 else:
-                    while xl < width and marker[np.uint64(xl)] == 0:
+                    while xl < width and marker[_U(xl)] == 0:
                         xl += 1
             if xl > width:
                 break

@@ -270,14 +270,8 @@ def prepare_image(sci, *, rms=None, wht=None, var=None, params, mask=None) -> Pr
     mask_out = np.broadcast_to(np.False_, prep.data.shape) if prep.hard is None else prep.hard
     meta = {"backsig": float(prep.backsig), "weight_scale": float(prep.sigfac),
             "interpolated_pixels": prep.n_interp, "timings": prep.timings}
-    return PreparedImage(_readonly(prep.data), _readonly(rmsmap), prep.bkg,
-                         _readonly(mask_out), meta)
-
-
-def _readonly(a):
-    v = a.view()
-    v.flags.writeable = False
-    return v
+    return PreparedImage(readonly(prep.data), readonly(rmsmap), prep.bkg,
+                         readonly(mask_out), meta)
 
 
 def _native_f32(a):
@@ -582,7 +576,7 @@ def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, m
     if not keep_maps:
         filtered = det_thresh = None
     mask_out = np.broadcast_to(np.False_, shape) if hard is None else hard
-    return Sources(segmap, objects, pixel_flags, _readonly(data), _readonly(rmsmap), bkg,
+    return Sources(segmap, objects, pixel_flags, readonly(data), readonly(rmsmap), bkg,
                    filtered, det_thresh, mask_out, meta)
 
 
