@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -607,22 +608,12 @@ def test_unlocked_concurrent_saves_never_yield_a_trusted_mix(tmp_path, inputs):
 
 
 def _kill_during_save(work, sci, rms, size):
-    """Start a child that saves a big product; SIGKILL it once one image file is in
-    place while the other is still being written (the two are written at once)."""
+    """Run a child that saves a big product and is SIGKILLed (by itself: the
+    point is exact, not a race) after one image file is renamed into place,
+    while the other is written but still under its temporary name."""
     entry = entry_for(work, sci, rms)
     proc = _child("save-big", work, sci, rms, size, wait=False)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        for done, part in ((entry.seg_path, "bkg"), (entry.bkg_path, "seg")):
-            if done.exists() and any(entry.directory.glob(f".{entry.stem}_{part}.fits.*.tmp")):
-                # one image renamed into place, the other in its temp file
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-        else:
-            time.sleep(0.0003)
-            continue
-        break
-    proc.wait(timeout=30)
+    proc.wait(timeout=120)
     return proc.returncode == -signal.SIGKILL and not entry.sidecar_path.exists()
 
 
@@ -630,17 +621,11 @@ def test_sigkill_mid_save_is_never_trusted(tmp_path, inputs, caplog):
     sci, rms = inputs
     work = tmp_path / "work"
     entry = entry_for(work, sci, rms)
-    # the window is timing-dependent (the two images are written at once): a few tries
-    for size in (2500, 4000, 5500, 4000, 5500, 7000):
-        if _kill_during_save(work, sci, rms, size):
-            break
-        shutil.rmtree(work)
-    else:
-        pytest.fail("could not kill the child between its seg write and its sidecar write")
+    assert _kill_during_save(work, sci, rms, 1000)
     left = sorted(p.name for p in entry.directory.iterdir())
-    print(f"\nkilled mid-save ({size}x{size} maps); left on disk: {left}")
+    print(f"\nkilled mid-save; left on disk: {left}")
     temps = [p for p in entry.directory.iterdir() if TEMP_PATTERN.match(p.name)]
-    assert (entry.seg_path.exists() or entry.bkg_path.exists()) and len(temps) == 1
+    assert (entry.seg_path.exists() != entry.bkg_path.exists()) and len(temps) == 1
     assert not entry.is_valid() and entry.why_invalid.startswith("incomplete")
     with caplog.at_level(logging.INFO, logger="galseg.products"):
         out = get_or_compute(entry, lambda: compute(sci, rms), lock_timeout=10)
@@ -650,7 +635,7 @@ def test_sigkill_mid_save_is_never_trusted(tmp_path, inputs, caplog):
     assert entry.is_valid()
 
     # killed while overwriting a valid product: the old sidecar is withdrawn first
-    assert _kill_during_save(work, sci, rms, size)
+    assert _kill_during_save(work, sci, rms, 1000)
     assert not entry.is_valid() and entry.why_invalid.startswith("incomplete")
 
 
@@ -775,6 +760,21 @@ def _main(argv):
         n = int(argv[4])
         entry = entry_for(work, sci, rms)
         rng = np.random.default_rng(0)
+        renamed = []
+        real_replace = os.replace
+
+        def replace_then_die(src, dst):
+            # the second image about to land: die here, like a SIGKILL from outside
+            if not str(dst).endswith(("_seg.fits", "_bkg.fits")):
+                return real_replace(src, dst)
+            with lock:
+                if renamed:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                real_replace(src, dst)
+                renamed.append(dst)
+
+        lock = threading.Lock()
+        os.replace = replace_then_die
         seg = rng.integers(0, 1000, (n, n), dtype=np.int32)
         bkg = rng.normal(size=(n, n)).astype(np.float32)
         entry.save(ExtractionResult(seg, bkg, Table({"NUMBER": np.arange(1, 1001)})))
