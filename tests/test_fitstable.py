@@ -87,3 +87,22 @@ def test_columns_astropy_must_write():
     assert list(back["NAME"]) == ["a", "bb", "ccc", "d", "e"]
     assert back["MASKED"].mask.tolist() == [False, True, False, False, False]
     assert back.meta["DETBAND"] == "F444W"
+
+
+def test_header_cards_are_astropys():
+    # the direct card formatter against astropy's, card by card, at its edges
+    from galseg.io.fitstable import _header_bytes
+
+    cards = [("TTYPE1", "FLUX_APER"), ("TFORM1", "5E"), ("TUNIT1", "erg / (s cm2)"),
+             ("SHORT", "a"), ("QUOTE", "it's"), ("QUOTES", "''''''''''"), ("LOGIC", True),
+             ("LOGIC2", np.bool_(False)), ("INT", -7, "a comment"), ("NPINT", np.int64(2**40)),
+             ("FLOAT", 0.1 + 0.2, "float: astropy's"), ("LONGSTR", "x" * 75),
+             ("SPACES", " padded  "), ("EMPTY", ""), ("lower", 3), ("HIERARCH A_B", 1),
+             ("EDGE", "y" * 40, "c" * 27), ("EDGE2", "y" * 40, "c" * 28),
+             ("EDGE3", 5, "c" * 50), ("EDGE4", 5, "c" * 51),
+             fits.Card("CARD", 1.5, "a Card object")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        expected = fits.Header([c if isinstance(c, fits.Card) else fits.Card(*c)
+                                for c in cards]).tostring().encode("ascii")
+    assert _header_bytes(cards) == expected

@@ -164,6 +164,10 @@ def test_detection_band_measured_on_itself_is_its_own_catalogue(tmp_path):
     for col in single.colnames:
         np.testing.assert_array_equal(forced[col], single[col], err_msg=col)
     assert res.rows[1]["status"] == "computed"
+    # measured from memory while the detection state was written: committed on return
+    from galseg.pipeline.forced import _WRITING
+    assert not _WRITING and res.state.fileset().is_valid(res.state.key_sha256)
+    assert res.state.load()["segmap"].max() == len(single)
 
     again = perform_forced_phot(list(data), data["F160W"], workers=1, progress=False)
     assert [r["status"] for r in again.rows] == ["cached", "cached"]

@@ -5,7 +5,7 @@ run's arguments); each worker opens its band, writes the products into the
 cache and returns a summary, and the parent loads the cached products.
 """
 
-from .executor import BandTaskError, default_workers, map_bands, shutdown_pools
+from .executor import BandTaskError, default_workers, map_bands, runs_in_process, shutdown_pools
 from .tasks import BandSpec, SegmentTask, segment_entry, segment_task
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "SegmentTask",
     "default_workers",
     "map_bands",
+    "runs_in_process",
     "segment_entry",
     "segment_task",
     "shutdown_pools",

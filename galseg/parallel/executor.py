@@ -55,7 +55,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-__all__ = ["map_bands", "default_workers", "shutdown_pools", "BandTaskError", "POOL_IDLE_TIMEOUT"]
+__all__ = ["map_bands", "runs_in_process", "default_workers", "shutdown_pools", "BandTaskError", "POOL_IDLE_TIMEOUT"]
 
 log = logging.getLogger("galseg.parallel")
 
@@ -211,13 +211,22 @@ def map_bands(fn: Callable[[Any], Any], tasks: Sequence[Any], *, workers: int | 
         return []
     if scheduler is not None:
         return _map_dask(fn, tasks, scheduler, progress, desc)
-    n = default_workers(len(tasks)) if workers is None else int(workers)
-    if n < 1:
-        raise ValueError(f"workers must be >= 1, got {workers!r}")
-    n = min(n, len(tasks))
+    n = _local_workers(len(tasks), workers)
     if n == 1:
         return _map_serial(fn, tasks, progress, desc)
     return _map_pool(fn, tasks, n, progress, desc)
+
+
+def _local_workers(ntasks: int, workers: int | None) -> int:
+    n = default_workers(ntasks) if workers is None else int(workers)
+    if n < 1:
+        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    return min(n, ntasks)
+
+
+def runs_in_process(ntasks: int, workers: int | None = None, scheduler=None) -> bool:
+    """Whether `map_bands` with these arguments runs every task in this process."""
+    return scheduler is None and (ntasks == 0 or _local_workers(ntasks, workers) == 1)
 
 
 def _map_serial(fn, tasks, progress, desc):

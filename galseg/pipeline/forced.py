@@ -35,7 +35,9 @@ it in the page cache.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,7 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
+from ..extract._parallel import readonly
 from ..extract.params import Params
 from ..io.atomic import atomic_write_bytes, atomic_write_npy
 from ..io.fitstable import meta_cards, table_file_bytes
@@ -119,7 +122,15 @@ class DetectionState:
         return FileSet(self.directory, self.stem, DETECTION_PARTS, _STATE_KIND)
 
     def load(self) -> dict[str, np.ndarray]:
-        """The arrays, memory-mapped copy-on-write (shared page cache, never written back)."""
+        """The arrays, memory-mapped copy-on-write (shared page cache, never written back).
+
+        In the process that made the state while its files are still being
+        written (``detection_state(..., wait=False)``), the arrays it made
+        (read-only).
+        """
+        pending = _WRITING.get(self._token)
+        if pending is not None:
+            return pending.arrays
         fs = self.fileset()
         if not fs.is_valid(self.key_sha256):
             raise FileNotFoundError(f"detection state {fs.path('sidecar')} is not valid "
@@ -130,9 +141,36 @@ class DetectionState:
                                 allow_pickle=False)
         return out
 
+    @property
+    def _token(self) -> tuple:
+        return (self.directory, self.stem, self.key_sha256)
+
+    def wait_written(self) -> None:
+        """Wait until the state's files are committed, if this process is
+        writing them (``detection_state(..., wait=False)``); re-raise a
+        failure of that write.  The arrays are then read from disk again."""
+        pending = _WRITING.get(self._token)
+        if pending is None:
+            return
+        pending.thread.join()
+        _WRITING.pop(self._token, None)
+        if pending.error:
+            raise pending.error[0]
+
+
+@dataclass
+class _PendingState:
+    arrays: dict
+    thread: Any
+    error: list
+
+
+#: Detection states this process is writing on a helper thread: token -> _PendingState.
+_WRITING: dict[tuple, _PendingState] = {}
+
 
 def detection_state(det_band, err_type="rms_err", config="galfind_default", *,
-                    overwrite=False, **overrides) -> DetectionState:
+                    overwrite=False, wait=True, **overrides) -> DetectionState:
     """Segment the detection band (cached) and keep what forced photometry needs.
 
     Parameters
@@ -144,6 +182,13 @@ def detection_state(det_band, err_type="rms_err", config="galfind_default", *,
     overwrite : bool
         Recompute the detection state (the segmentation product itself is
         reused when valid).
+    wait : bool
+        Return once the state's files are committed (default).  ``False``:
+        a newly made state's files (~100 MB for a 2600 x 2600 band) are
+        written on a helper thread while this process goes on; `load` gives
+        the arrays from memory meanwhile, and `DetectionState.wait_written`
+        must be called before other processes use the state and before
+        returning.
 
     Returns
     -------
@@ -168,8 +213,10 @@ def detection_state(det_band, err_type="rms_err", config="galfind_default", *,
     fs = state.fileset()
     if not overwrite and fs.is_valid(key_sha):
         return state
-    with fs.lock():
+    lock = fs.lock().acquire()
+    try:
         if not overwrite and fs.is_valid(key_sha):
+            lock.release()
             return state
         t0 = time.perf_counter()
         # The detection the product was just made from, when segment() ran it
@@ -186,12 +233,34 @@ def detection_state(det_band, err_type="rms_err", config="galfind_default", *,
                     "parameters; remove it (galseg cache clean) or segment with overwrite=True")
         arrays = {"objects": src.objects, "segmap": src.segmap, "own_segmap": src.own_segmap,
                   "blank": src.blank, "data": src.data, "rms": src.rms}
-        fs.begin()
-        written = {part: atomic_write_npy(arrays[part], fs.path(part), sha256=True) for part in DETECTION_PARTS}
-        fs.commit(key_sha, written, {"filt": det_band.filt, "product": entry.stem,
-                                     "nobj": int(len(src.objects)),
-                                     "seconds": round(time.perf_counter() - t0, 4)})
-        log.info("detection state of %s: %d objects", det_band.filt, len(src.objects))
+    except BaseException:
+        lock.release()
+        raise
+
+    def write(error=None):
+        try:
+            fs.begin()
+            written = {part: atomic_write_npy(arrays[part], fs.path(part), sha256=True)
+                       for part in DETECTION_PARTS}
+            fs.commit(key_sha, written, {"filt": det_band.filt, "product": entry.stem,
+                                         "nobj": int(len(src.objects)),
+                                         "seconds": round(time.perf_counter() - t0, 4)})
+            log.info("detection state of %s: %d objects", det_band.filt, len(src.objects))
+        except BaseException as exc:  # noqa: BLE001 - raised by wait_written
+            if error is None:
+                raise
+            error.append(exc)
+        finally:
+            lock.release()
+
+    if wait:
+        write()
+        return state
+    pending = _PendingState({k: readonly(v) for k, v in arrays.items()}, None, [])
+    pending.thread = threading.Thread(target=write, args=(pending.error,),
+                                      name="galseg-detection-state")
+    _WRITING[state._token] = pending
+    pending.thread.start()
     return state
 
 
@@ -396,7 +465,7 @@ def perform_forced_phot(bands, det_band, *, err_type="rms_err", method="sep",
     -------
     ForcedPhotResult
     """
-    from ..parallel import BandSpec, map_bands, segment_entry
+    from ..parallel import BandSpec, map_bands, runs_in_process, segment_entry
 
     if method not in FORCED_METHODS:
         raise ValueError(f"forced photometry method must be one of {', '.join(FORCED_METHODS)}, "
@@ -410,7 +479,10 @@ def perform_forced_phot(bands, det_band, *, err_type="rms_err", method="sep",
                              f"band {det_band.filt} has {det_band.shape[1]}x{det_band.shape[0]}; "
                              "forced photometry needs pixel-aligned images")
     if method == "sep":
-        state = detection_state(det_band, err_type, config, overwrite=overwrite, **overrides)
+        # its files are written while the bands are measured here (serial),
+        # or before they go to other processes
+        state = detection_state(det_band, err_type, config, overwrite=overwrite, wait=False,
+                                **overrides)
         det_key = state.key_sha256
     else:
         state = None
@@ -431,8 +503,18 @@ def perform_forced_phot(bands, det_band, *, err_type="rms_err", method="sep",
                                 "cpu_seconds": None, "nobj": fs.info.get("nobj")}
                 continue
         pending.append(task)
-    results = map_bands(forced_task, pending, workers=workers, scheduler=scheduler,
-                        progress=progress, desc="forced phot")
+    try:
+        if state is not None and not runs_in_process(len(pending), workers, scheduler):
+            state.wait_written()
+        results = map_bands(forced_task, pending, workers=workers, scheduler=scheduler,
+                            progress=progress, desc="forced phot")
+    except BaseException:
+        if state is not None:
+            with contextlib.suppress(Exception):  # the first error is the one to see
+                state.wait_written()
+        raise
+    if state is not None:
+        state.wait_written()
     for task, res in zip(pending, results):
         rows[task.spec.filt] = res
     out_rows = []
