@@ -9,7 +9,7 @@ from astropy.io import fits
 
 from galseg.imaging.band import Band_Data
 from galseg.imaging.data import Data
-from galseg.pipeline.stack import _Reader, parse_band_list, stack_bands, stack_name
+from galseg.pipeline.stack import _accumulate_rows, _Reader, parse_band_list, stack_bands, stack_name
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 XDF = SHARED / "xdf"
@@ -148,9 +148,11 @@ def test_unusable_pixels_are_masked_never_nan(tmp_path):
     # Weights from an rms map follow Band_Data.load_wht (1/rms**2, 0 where rms <= 0).
     r = _Reader(b, 1.0)
     try:
-        _, wb = r.block(0, 500)
+        sb, mb = r.block(0, 500)
     finally:
         r.close()
+    num, wb = np.zeros(sb.shape), np.zeros(sb.shape)
+    _accumulate_rows(0, 500, sb, mb, False, 1.0, num, wb)   # one band: the sums are its own
     expected = np.where(np.isfinite(sci2), b.load_wht(), 0)
     np.testing.assert_array_equal(wb.astype(np.float32), expected)
 

@@ -56,10 +56,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import astropy.units as u
+import numba
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import FITSFixedWarning
 
+from ..extract._parallel import ranges, readonly
 from ..imaging.band import Band_Data
 from ..imaging.filters import canonical_filter, filter_wavelength
 from ..io.atomic import atomic_write_fits_image
@@ -74,6 +76,7 @@ log = logging.getLogger("galseg.pipeline")
 STACK_PARTS = {"sci": "_sci.fits", "wht": "_wht.fits"}
 _STACK_FORMAT = 1
 _CHUNK_BYTES = 32 * 1024 * 1024
+_ROWS_PER_TASK = 64  # rows per kernel call on the helper threads
 _ZP_TOL = 1e-6
 _SCALE_RTOL = 1e-6
 # WCS alignment tolerance, in pixels, between bands of a stack.
@@ -216,27 +219,53 @@ class _Reader:
             h.close()
 
     def block(self, y0: int, y1: int):
-        """Scaled science and weights of rows ``y0:y1`` (float64), weight 0 where unusable.
-
-        The weight follows `Band_Data.load_wht`: a weight map with
-        non-finite or negative values set to 0, or ``1/rms**2`` (float32)
-        where the rms is finite and positive.
-        """
+        """Science image and weight map rows ``y0:y1`` as float32 (native)."""
         s = np.asarray(self.sci.section[y0:y1, :], dtype=np.float32)
         m = np.asarray(self.wmap.section[y0:y1, :], dtype=np.float32)
-        if self.kind == "wht":
-            w = np.where(np.isfinite(m) & (m >= 0), m, np.float32(0))
-        else:
-            good = np.isfinite(m) & (m > 0)
-            w = np.zeros(m.shape, dtype=np.float32)
-            np.divide(np.float32(1.0), np.square(m, dtype=np.float32), out=w, where=good)
-        w = w.astype(np.float64)
-        w[~np.isfinite(s) | ~np.isfinite(w)] = 0.0
-        s64 = np.where(w > 0, s.astype(np.float64), 0.0)
-        if self.scale != 1.0:
-            s64 *= self.scale
-            w /= self.scale * self.scale
-        return s64, w
+        return np.ascontiguousarray(s), np.ascontiguousarray(m)
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate_rows(lo, hi, s, m, is_wht, scale, num, den):
+    """Add one band's rows ``lo:hi`` of a block to the sums, in float64.
+
+    The weight follows `Band_Data.load_wht`: a weight map with non-finite or
+    negative values set to 0, or ``1/rms**2`` (float32) where the rms is
+    finite and positive; 0 where the science pixel is not finite.  Scaled
+    fluxes: ``s * scale`` with weight ``w / scale**2``.
+    """
+    nx = s.shape[1]
+    scale2 = scale * scale
+    for y in range(lo, hi):
+        for x in range(nx):
+            mv = m[y, x]
+            if is_wht:
+                w32 = mv if (np.isfinite(mv) and mv >= 0) else np.float32(0.0)
+            elif np.isfinite(mv) and mv > 0:
+                w32 = np.float32(1.0) / (mv * mv)
+            else:
+                w32 = np.float32(0.0)
+            w = np.float64(w32)
+            sv = s[y, x]
+            if not (np.isfinite(sv) and np.isfinite(w)):
+                w = 0.0
+            s64 = np.float64(sv) if w > 0 else 0.0
+            if scale != 1.0:
+                s64 *= scale
+                w /= scale2
+            num[y, x] += s64 * w
+            den[y, x] += w
+
+
+@numba.njit(cache=True, nogil=True)
+def _finish_rows(lo, hi, num, den, y0, sci, wht):
+    """``sci = num / den`` (0 where ``den`` is 0) and ``wht = den`` into rows ``y0 + lo:hi``."""
+    nx = num.shape[1]
+    for y in range(lo, hi):
+        for x in range(nx):
+            d = den[y, x]
+            sci[y0 + y, x] = num[y, x] / d if d > 0 else 0.0
+            wht[y0 + y, x] = d
 
 
 def _compute_stack(bands, scales, dtype):
@@ -255,18 +284,15 @@ def _stack_blocks(bands, scales, dtype):
     try:
         for y0 in range(0, ny, rows):
             y1 = min(ny, y0 + rows)
-            num = np.zeros((y1 - y0, nx))
-            den = np.zeros((y1 - y0, nx))
+            n = y1 - y0
+            num = np.zeros((n, nx))
+            den = np.zeros((n, nx))
             # Summed in the bands' wavelength order, in float64.
             for r in readers:
-                s, w = r.block(y0, y1)
-                num += s * w
-                den += w
-            good = den > 0
-            out = np.zeros_like(num)
-            np.divide(num, den, out=out, where=good)
-            sci[y0:y1] = out
-            wht[y0:y1] = den
+                s, m = r.block(y0, y1)
+                ranges(_accumulate_rows, n, _ROWS_PER_TASK, readonly(s), readonly(m),
+                       r.kind == "wht", r.scale, num, den)
+            ranges(_finish_rows, n, _ROWS_PER_TASK, readonly(num), readonly(den), y0, sci, wht)
     finally:
         for r in readers:
             r.close()
