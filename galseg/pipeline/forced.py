@@ -489,21 +489,21 @@ def perform_forced_phot(bands, det_band, *, err_type="rms_err", method="sep",
         det_key = segment_entry(det_band, err_type, "sextractor", config, **overrides).key.sha256
 
     det_spec = BandSpec.from_band(det_band)
-    rows: dict[str, dict] = {}
-    pending = []
-    for b in bands:
-        task = ForcedTask(BandSpec.from_band(b), det_spec, det_band.filt, det_key, state,
-                          err_type, method, config, overwrite, dict(overrides))
-        if not overwrite:
-            fs, key, _ = forced_entry(b, det_band.filt, det_key, err_type, method, config,
-                                      **overrides)
-            if fs.is_valid(key.sha256):
-                rows[b.filt] = {"filt": b.filt, "cat_path": str(fs.path("cat")), "key": key.short,
-                                "computed": False, "reason": "cached", "seconds": 0.0,
-                                "cpu_seconds": None, "nobj": fs.info.get("nobj")}
-                continue
-        pending.append(task)
     try:
+        rows, pending = {}, []
+        for b in bands:
+            task = ForcedTask(BandSpec.from_band(b), det_spec, det_band.filt, det_key, state,
+                              err_type, method, config, overwrite, dict(overrides))
+            if not overwrite:
+                fs, key, _ = forced_entry(b, det_band.filt, det_key, err_type, method, config,
+                                          **overrides)
+                if fs.is_valid(key.sha256):
+                    rows[b.filt] = {"filt": b.filt, "cat_path": str(fs.path("cat")),
+                                    "key": key.short, "computed": False, "reason": "cached",
+                                    "seconds": 0.0, "cpu_seconds": None,
+                                    "nobj": fs.info.get("nobj")}
+                    continue
+            pending.append(task)
         if state is not None and not runs_in_process(len(pending), workers, scheduler):
             state.wait_written()
         results = map_bands(forced_task, pending, workers=workers, scheduler=scheduler,
