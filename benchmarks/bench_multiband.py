@@ -34,7 +34,10 @@ Modes (each in a fresh child process, products in a fresh work directory):
 Before timing, an untimed warm-up run on a 400 x 400 crop compiles/loads
 galseg's numba kernels, so the modes are compared without JIT compilation.
 The table gives wall seconds per stage; targets (reported, not asserted):
-pool2 >= 1.8 x serial, galseg end to end <= 0.3 x SExtractor.  Results go to
+pool2 >= 1.8 x serial, galseg end to end <= 0.3 x SExtractor.  First, a probe
+measures what two processes gain over one on this machine, for compute-bound
+and for memory-bound work (frames the size of a band): the ceiling of pool2's
+speed-up (``--no-scaling`` skips it).  Results go to
 stdout and ``benchmarks/results/bench_multiband.json``.
 
 ::
@@ -287,16 +290,60 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
+# ---------------------------------------------------------------- machine scaling
+def _probe(kind: str) -> float:
+    """Seconds of a fixed piece of work (~1 s): ``compute`` (arithmetic in the
+    caches) or ``stream`` (float32 frames the size of a band, read and written);
+    the arrays are made before the clock starts."""
+    if kind == "compute":
+        a = np.ones(4096, np.float32)
+        t0 = time.perf_counter()
+        for _ in range(400000):
+            a = a * np.float32(1.0000001) + np.float32(1e-7)
+    else:
+        a = np.ones((2600, 2600), np.float32)
+        b = np.ones_like(a)
+        c = np.ones_like(a)
+        t0 = time.perf_counter()
+        for _ in range(250):
+            np.multiply(a, b, out=c)
+            np.add(c, a, out=c)
+    return time.perf_counter() - t0
+
+
+def machine_scaling() -> dict:
+    """How much two processes gain over one on this machine, for work in the
+    caches and for memory-bound work: the ceiling of any 2-worker speed-up.
+
+    Each probe runs alone, then twice at once in two processes; the gain is
+    ``2 * t_alone / t_together`` (2.0: the second core is fully usable).
+    """
+    out = {}
+    for kind in ("compute", "stream"):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", kind]
+        alone = float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        together = max(float(p.communicate()[0]) for p in procs)
+        out[kind] = {"alone_s": alone, "together_s": together, "gain": 2 * alone / together}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=2600, help="crop size (default: full 2600)")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--det", default="Z+Y+J+H+Ks", help="detection bands to stack")
     ap.add_argument("--keep", action="store_true", help="keep the work directories")
+    ap.add_argument("--no-scaling", action="store_true",
+                    help="skip the 1-vs-2-process machine scaling probe")
+    ap.add_argument("--probe", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--field", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.probe:
+        print(_probe(args.probe))
+        return 0
     if args.child:
         _child(args)
         return 0
@@ -310,6 +357,7 @@ def main(argv=None) -> int:
     folder = prepare_field(args.size)
     root = Path(tempfile.mkdtemp(prefix="galseg_bench_mb_"))
     try:
+        scaling = None if args.no_scaling else machine_scaling()
         print(f"warm-up (numba kernels) ... load {_load():.2f}", file=sys.stderr)
         _spawn("serial", prepare_field(400), root / "warmup", args.det)
         results = {}
@@ -348,6 +396,7 @@ def main(argv=None) -> int:
         summary = {
             "size": args.size, "bands": BANDS, "det": args.det, "host": platform.node(),
             "cpus": os.cpu_count(), "results": results, "agreement": agree,
+            "machine_scaling": scaling,
             "targets": {
                 "pool2_speedup_vs_serial": (serial["total_s"] / results["pool2"]["total_s"]
                                             if serial and "pool2" in results else None),
@@ -358,6 +407,10 @@ def main(argv=None) -> int:
             },
         }
         print("\n".join(rows))
+        if scaling:
+            print("2 processes vs 1 on this machine (ceiling of a 2-worker speed-up): "
+                  f"compute-bound x{scaling['compute']['gain']:.2f}, memory-bound "
+                  f"x{scaling['stream']['gain']:.2f}")
         if agree:
             print("forced FLUX_APER within 0.5% of SExtractor dual mode: " + ", ".join(
                 f"{f} {a['aper_within_0.5%']:.3f}" for f, a in agree.items()))
