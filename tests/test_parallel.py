@@ -140,3 +140,15 @@ def test_forkserver_preloads_only_the_galseg_in_use(tmp_path, monkeypatch):
     (tmp_path / "galseg").mkdir()
     (tmp_path / "galseg" / "__init__.py").write_text("")
     assert not _preload_is_safe()
+
+
+def test_runs_in_process_follows_map_bands():
+    # forced photometry writes the detection state before tasks leave this process
+    from galseg.parallel import runs_in_process
+
+    assert runs_in_process(0) and runs_in_process(1) and runs_in_process(5, workers=1)
+    assert runs_in_process(1, workers=4)             # one task: never a pool
+    assert not runs_in_process(5, workers=2)
+    assert not runs_in_process(1, scheduler="tcp://127.0.0.1:1")
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        runs_in_process(3, workers=0)
