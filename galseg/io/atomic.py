@@ -147,6 +147,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tru
         fsync_dir(path.parent)
 
 
+def _record(st: os.stat_result, digest: str | None) -> dict[str, Any]:
+    """A written file's record: ``size``, ``mtime_ns``, ``ino`` (taken before the
+    rename, which keeps all three) and ``sha256`` (None when not computed)."""
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "sha256": digest}
+
+
 def atomic_write_bytes(data: bytes, path: str | os.PathLike, *, fsync: bool = True,
                        sha256: bool = False) -> dict[str, Any]:
     """Write ``data`` to ``path`` atomically.
@@ -158,8 +164,7 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike, *, fsync: bool = Tr
         f.write(data)
         f.flush()
         st = os.fstat(f.fileno())
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
-            "sha256": hashlib.sha256(data).hexdigest() if sha256 else None}
+    return _record(st, hashlib.sha256(data).hexdigest() if sha256 else None)
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike, *, fsync: bool = True,
@@ -211,7 +216,7 @@ def atomic_write_fits(hdus, path: str | os.PathLike, *, fsync: bool = True,
             hdus.writeto(g)
         digest = _fd_sha256(f.fileno()) if sha256 else None
         st = os.fstat(f.fileno())
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "sha256": digest}
+    return _record(st, digest)
 
 
 def atomic_write_fits_image(data, path: str | os.PathLike, header=None, *,
@@ -284,8 +289,7 @@ def atomic_write_fits_image(data, path: str | os.PathLike, header=None, *,
         os.ftruncate(fd, total)
         f.seek(0, os.SEEK_END)
         st = os.fstat(fd)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
-            "sha256": h.hexdigest() if h is not None else None}
+    return _record(st, h.hexdigest() if h is not None else None)
 
 
 def atomic_write_npy(arr, path: str | os.PathLike, *, fsync: bool = True,
@@ -304,8 +308,7 @@ def atomic_write_npy(arr, path: str | os.PathLike, *, fsync: bool = True,
         np.save(_Out(), np.ascontiguousarray(arr), allow_pickle=False)
         f.flush()
         st = os.fstat(f.fileno())  # the rename keeps size, mtime and inode
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
-            "sha256": h.hexdigest() if h is not None else None}
+    return _record(st, h.hexdigest() if h is not None else None)
 
 
 class _Hasher:

@@ -55,7 +55,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-__all__ = ["map_bands", "runs_in_process", "default_workers", "shutdown_pools", "BandTaskError", "POOL_IDLE_TIMEOUT"]
+__all__ = ["map_bands", "runs_in_process", "default_workers", "shutdown_pools", "BandTaskError",
+           "POOL_IDLE_TIMEOUT"]
 
 log = logging.getLogger("galseg.parallel")
 

@@ -160,9 +160,9 @@ class DetectionState:
 
 @dataclass
 class _PendingState:
-    arrays: dict
-    thread: Any
-    error: list
+    arrays: dict                # what `DetectionState.load` gives meanwhile
+    thread: threading.Thread    # writing the files
+    error: list                 # the write's exception, if it failed
 
 
 #: Detection states this process is writing on a helper thread: token -> _PendingState.
@@ -256,9 +256,10 @@ def detection_state(det_band, err_type="rms_err", config="galfind_default", *,
     if wait:
         write()
         return state
-    pending = _PendingState({k: readonly(v) for k, v in arrays.items()}, None, [])
-    pending.thread = threading.Thread(target=write, args=(pending.error,),
-                                      name="galseg-detection-state")
+    error: list = []
+    pending = _PendingState({k: readonly(v) for k, v in arrays.items()},
+                            threading.Thread(target=write, args=(error,),
+                                             name="galseg-detection-state"), error)
     _WRITING[state._token] = pending
     pending.thread.start()
     return state

@@ -219,10 +219,9 @@ class _Reader:
             h.close()
 
     def block(self, y0: int, y1: int):
-        """Science image and weight map rows ``y0:y1`` as float32 (native)."""
-        s = np.asarray(self.sci.section[y0:y1, :], dtype=np.float32)
-        m = np.asarray(self.wmap.section[y0:y1, :], dtype=np.float32)
-        return np.ascontiguousarray(s), np.ascontiguousarray(m)
+        """Science image and weight map rows ``y0:y1`` as native float32 (new arrays)."""
+        return (np.asarray(self.sci.section[y0:y1, :], dtype=np.float32),
+                np.asarray(self.wmap.section[y0:y1, :], dtype=np.float32))
 
 
 @numba.njit(cache=True, nogil=True)
