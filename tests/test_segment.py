@@ -53,6 +53,37 @@ def test_segment_writes_products_and_rerun_loads_them(band, tmp_path):
     assert tree_checksums(band.im_path) | tree_checksums(band.wht_path) == inputs_before
 
 
+@pytest.mark.parametrize("racy", [False, True])
+def test_sidecar_records_the_inputs_data_hashes(band, monkeypatch, racy):
+    """The inputs' full data hashes in the product record: hashed on a helper
+    thread while the engine runs (inputs older than RACY_NS), or by the store
+    itself (files just written: not memoised)."""
+    import hashlib
+
+    from galseg.products import fingerprint
+    from galseg.products.provenance import read_provenance
+
+    for path in (band.im_path, band.wht_path):  # plain images: read and hashed by galseg
+        with fits.open(path) as hdul:
+            plain = fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(hdul[1].data,
+                                                                    hdul[1].header)])
+        plain.writeto(path, overwrite=True)
+    if not racy:
+        monkeypatch.setattr(fingerprint, "RACY_NS", 0)
+    fingerprint.clear_fingerprint_cache()
+    band.segment()
+    inputs = read_provenance(band.seg_path)["inputs"]
+    assert set(inputs) == {"sci", "wht"}
+    for role, path in (("sci", band.im_path), ("wht", band.wht_path)):
+        with fits.open(path) as hdul:
+            info = hdul.fileinfo(1)
+            nbytes = hdul[1].data.nbytes
+        start = info["datLoc"]
+        assert inputs[role]["data_nbytes"] == nbytes, role
+        raw = open(path, "rb").read()[start:start + nbytes]
+        assert inputs[role]["data_sha256"] == hashlib.sha256(raw).hexdigest(), role
+
+
 def test_rerun_in_a_fresh_process_loads_from_disk(band):
     band.segment()
     nobj = len(band.load_cat())

@@ -8,9 +8,11 @@ product cache for the product, running the extraction engine only on a miss.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -91,11 +93,12 @@ def _inputs(band, err_type: str) -> dict:
             for role, (p, e) in inputs.items()}
 
 
-def read_inputs(band, err_type: str):
+def read_inputs(band, err_type: str, *, hash_inputs: bool = True):
     """The science image, its header and the noise map for the engine.
 
     Reads the files of the product key (`_inputs`) once, hashing them on the
-    way for the product cache (`remember_data_sha256`).  A noise map present on
+    way for the product cache (`remember_data_sha256`) unless ``hash_inputs``
+    is false (see `_hashing_inputs`).  A noise map present on
     disk is passed on raw: the engine treats non-finite, zero or negative rms
     (and non-finite or non-positive weights) as "no data" itself.  A missing
     map is derived from the other one, as `Band_Data.load_err` does.
@@ -113,6 +116,8 @@ def read_inputs(band, err_type: str):
 
     def read(role, what):
         path, ext = inputs[role]
+        if not hash_inputs:
+            return read_image(path, ext, what=f"{band.filt} {what}")
         data, digest = read_image(path, ext, what=f"{band.filt} {what}", sha256=True)
         if digest is not None:
             remember_data_sha256(digest.path, digest.hdu, digest.stat, digest.sha256)
@@ -130,13 +135,44 @@ def read_inputs(band, err_type: str):
     return sci, band.header, ({"rms": err} if err_type == "rms_err" else {"wht": err})
 
 
+@contextlib.contextmanager
+def _hashing_inputs(band, err_type):
+    """Hash the inputs' data (``data_sha256``, which the product store records
+    when it saves, see `get_or_compute`) on a helper thread while the body
+    runs, and wait for it on exit.
+
+    The files were just read, so the hashing reads the page cache; done
+    while the engine runs, it takes the second core where the engine leaves
+    it idle (sep's single-threaded extraction, cleaning) instead of
+    lengthening the read.  A file that changes meanwhile is caught by the
+    store's stat checks; a failure here only means the store hashes again.
+    """
+    from ..products.fingerprint import input_fingerprint
+
+    def work():
+        for path, ext in _inputs(band, err_type).values():
+            try:
+                input_fingerprint(path, ext, full=True)
+            except Exception:  # noqa: BLE001 - the store hashes again and reports
+                return
+
+    t = threading.Thread(target=work, name="galseg-hash-inputs", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        t.join()
+
+
 def _compute(band, err_type, method, params):
     from ..extract import run
     from ..extract._parallel import warming_numba
 
     with warming_numba():  # numba's set-up overlaps the reading
-        sci, header, noise = read_inputs(band, err_type)
-    return run(sci, params=params, method=method, header=header, wcs=band.load_wcs(), **noise)
+        sci, header, noise = read_inputs(band, err_type, hash_inputs=False)
+    with _hashing_inputs(band, err_type):
+        return run(sci, params=params, method=method, header=header, wcs=band.load_wcs(),
+                   **noise)
 
 
 def band_entry(band, err_type="rms_err", method="sep", config="galfind_default", **overrides):
