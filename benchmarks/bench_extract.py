@@ -202,9 +202,7 @@ def _worker_galseg_band(field_dir: Path, out_dir: Path) -> dict:
     from galseg import Band_Data
 
     params, recipe = field_params(field_dir)
-    work = out_dir / "work"
-    if work.exists():
-        shutil.rmtree(work)
+    work = out_dir / "work"  # emptied by run_method
     t0 = time.perf_counter()
     band = Band_Data("BENCH", "v1", "NIRCam", "F444W", field_dir / "sci.fits", 0,
                      rms_err_path=field_dir / "rms.fits", rms_err_ext=0,

@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 __all__ = ["ranges", "nthreads", "numba_parallel", "readonly", "small_pages", "warm_numba",
-           "warming_numba", "UINDEX"]
+           "warming_numba", "meanwhile", "UINDEX"]
 
 #: Index type for array indices a numba kernel knows to be non-negative.  numba
 #: wraps negative indices around, and that test in a loop keeps LLVM from
@@ -213,6 +213,18 @@ def load_cached_kernels(prefix: str = "galseg.") -> int:
 
 
 @contextlib.contextmanager
+def meanwhile(target, *, name: str):
+    """Run ``target()`` on a helper thread while the body runs, and wait for
+    it on exit (also when the body raises): no thread outlives the block."""
+    t = threading.Thread(target=target, name=name, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        t.join()
+
+
+@contextlib.contextmanager
 def warming_numba():
     """Do `warm_numba` on a helper thread while the body runs (e.g. while
     inputs are read), and wait for it on exit: no thread outlives the block,
@@ -220,9 +232,5 @@ def warming_numba():
     if _WARM.is_set():
         yield
         return
-    t = threading.Thread(target=warm_numba, name="galseg-numba-warm", daemon=True)
-    t.start()
-    try:
+    with meanwhile(warm_numba, name="galseg-numba-warm"):
         yield
-    finally:
-        t.join()

@@ -8,11 +8,9 @@ product cache for the product, running the extraction engine only on a miss.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -135,7 +133,6 @@ def read_inputs(band, err_type: str, *, hash_inputs: bool = True):
     return sci, band.header, ({"rms": err} if err_type == "rms_err" else {"wht": err})
 
 
-@contextlib.contextmanager
 def _hashing_inputs(band, err_type):
     """Hash the inputs' data (``data_sha256``, which the product store records
     when it saves, see `get_or_compute`) on a helper thread while the body
@@ -147,6 +144,7 @@ def _hashing_inputs(band, err_type):
     lengthening the read.  A file that changes meanwhile is caught by the
     store's stat checks; a failure here only means the store hashes again.
     """
+    from ..extract._parallel import meanwhile
     from ..products.fingerprint import input_fingerprint
 
     def work():
@@ -156,12 +154,7 @@ def _hashing_inputs(band, err_type):
             except Exception:  # noqa: BLE001 - the store hashes again and reports
                 return
 
-    t = threading.Thread(target=work, name="galseg-hash-inputs", daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        t.join()
+    return meanwhile(work, name="galseg-hash-inputs")
 
 
 def _compute(band, err_type, method, params):
