@@ -140,14 +140,16 @@ def _back_at(mesh, bw, bh, x, y):
 
 
 @numba.njit(cache=True)
-def _moments(offsets, index, width, filt, merged, cenx, ceny, out_mom, out_box, out_peak):
+def _moments(offsets, index, chain, width, filt, merged, cenx, ceny, out_mom, out_box,
+             out_peak):
     """Detection moments of each object, as SExtractor's ``preanalyse``.
 
     ``ANALYSE_FULL|ANALYSE_ROBUST``: filtered-image weights, single-precision
     products, double sums; deblended objects (``merged``) keep the barycentre
     of their core (``cenx``, ``ceny``) and take second moments about it.
     Also the bounding box and the first brightest filtered / unfiltered
-    pixels.
+    pixels.  ``filt``: the filtered image on the detections' pixels, pixel
+    ``index[k]`` at ``filt[chain[k]]``.
     """
     n = merged.size
     for o in range(n):
@@ -175,7 +177,7 @@ def _moments(offsets, index, width, filt, merged, cenx, ceny, out_mom, out_box, 
                 ymin = y
             if y > ymax:
                 ymax = y
-            c = filt[y, x]
+            c = filt[chain[k]]
             rv += c
             if c > cpk:
                 cpk = c
@@ -190,7 +192,7 @@ def _moments(offsets, index, width, filt, merged, cenx, ceny, out_mom, out_box, 
             p = index[k]
             y = p // width
             x = p - y * width
-            c = filt[y, x]
+            c = filt[chain[k]]
             fx = np.float32(x - xmin)
             fy = np.float32(y - ymin)
             cx = c * fx
@@ -247,7 +249,7 @@ def _moments(offsets, index, width, filt, merged, cenx, ceny, out_mom, out_box, 
 
 
 @numba.njit(cache=True)
-def _analyse(offsets, index, width, data, filt, thr, thr_is_map, mx, my, a, b, singu,
+def _analyse(offsets, index, chain, width, data, filt, thr, mx, my, a, b, singu,
              minarea, dbacknoise2, gain, weighted, mesh, bw, bh, out_i, out_f, out_d):
     n = mx.size
     for o in range(n):
@@ -267,10 +269,10 @@ def _analyse(offsets, index, width, data, filt, thr, thr_is_map, mx, my, a, b, s
             p = index[k]
             y = p // width
             x = p - y * width
-            t = thr[y, x] if thr_is_map else thr[0, 0]
+            t = thr[chain[k]]
             if t < dthresh:
                 dthresh = t
-            c = filt[y, x]
+            c = filt[chain[k]]
             fdflux += c
             if c > fdpeak:
                 fdpeak = c
@@ -301,8 +303,8 @@ def _analyse(offsets, index, width, data, filt, thr, thr_is_map, mx, my, a, b, s
                 dnpix += 1
             if v > thresh2:
                 area2 += 1
-            c = filt[y, x]
-            t = thr[y, x] if thr_is_map else thr[0, 0]
+            c = filt[chain[k]]
+            t = thr[chain[k]]
             tpix[k - start] = c - t
             # examineiso: position-error moments (global noise + Poisson)
             err = dbacknoise2
@@ -361,8 +363,9 @@ def analyse_detections(det, data, params, *, backsig, mesh, pixel_lists, centre=
     mesh : `~galseg.extract.background.MeshStatistics`
         Mesh statistics of the image (the ``BACKGROUND`` value: SExtractor
         interpolates the mesh grid linearly, whatever ``BACK_TYPE``).
-    pixel_lists : (offsets, index)
-        Each object's flat pixel indices in SExtractor's pixel-list order
+    pixel_lists : (offsets, index, chain_index)
+        Each object's flat pixel indices in SExtractor's pixel-list order,
+        and their places in ``det.chain_pix``
         (`~galseg.extract.detect.sextractor_pixel_lists`).
     centre : ndarray, shape (n, 2), optional
         Core barycentres of deblended objects (NaN: sep's position).
@@ -380,13 +383,9 @@ def analyse_detections(det, data, params, *, backsig, mesh, pixel_lists, centre=
     objs = det.objects
     n = len(objs)
     width = det.segmap.shape[1]
-    offsets, index = pixel_lists
-    thr = det.thresh
-    thr_is_map = np.ndim(thr) == 2
+    offsets, index, chain = pixel_lists
     ro = _parallel.readonly
-    thr_arr = ro(np.ascontiguousarray(thr, dtype=np.float32) if thr_is_map
-                 else np.full((1, 1), thr, np.float32))
-    filt = ro(np.ascontiguousarray(det.filtered, dtype=np.float32))
+    filt, thr = ro(det.chain_filtered), ro(det.chain_thresh)
     merged = (objs["flag"] & 1).astype(np.bool_)  # sep.OBJ_MERGED: deblended
     cen = np.full((n, 2), np.nan) if centre is None else np.asarray(centre, np.float64)
     cenx = np.where(np.isfinite(cen[:, 0]), cen[:, 0], objs["x"]).astype(np.float64)
@@ -394,14 +393,14 @@ def analyse_detections(det, data, params, *, backsig, mesh, pixel_lists, centre=
     mom = np.zeros((n, 11), np.float64)
     box = np.zeros((n, 5), np.int64)
     pk = np.zeros((n, 2), np.int64)
-    _moments(offsets, index, width, filt, merged, cenx, ceny, mom, box, pk)
+    _moments(offsets, index, chain, width, filt, merged, cenx, ceny, mom, box, pk)
     backsig32 = np.float32(backsig)
     out_i = np.zeros((n, 4), np.int64)
     out_f = np.zeros((n, 8), np.float32)
     out_d = np.zeros((n, 3), np.float64)
     bw, bh = mesh.mesh_size
-    _analyse(offsets, index, width, ro(np.ascontiguousarray(data, dtype=np.float32)),
-             filt, thr_arr, thr_is_map, np.ascontiguousarray(mom[:, 0]),
+    _analyse(offsets, index, chain, width, ro(np.ascontiguousarray(data, dtype=np.float32)),
+             filt, thr, np.ascontiguousarray(mom[:, 0]),
              np.ascontiguousarray(mom[:, 1]), mom[:, 5].astype(np.float32),
              mom[:, 6].astype(np.float32), box[:, 4].astype(np.bool_),
              max(int(params["DETECT_MINAREA"]), 1), float(backsig32 * backsig32), float(gain),

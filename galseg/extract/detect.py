@@ -23,6 +23,12 @@ inside each detection, to the detection's minimum threshold: the detected
 pixels cannot change (each is above its own threshold, hence above the
 minimum), only the level that sep averages.
 
+Like SExtractor, which filters and detects in a buffer of image lines,
+`detect_streaming` never makes either map as a full frame: it finds the
+detected pixels a row at a time, cuts the image between detections into
+strips, and runs sep on each strip's freshly made rows, keeping only the
+maps' values on the detected pixels (`Detection.chain_filtered`).
+
 Two things SExtractor does depend on the *order* of each detection's linked
 pixel list: its CLEAN level (an order-dependent heap selection) and the
 random sharing of a deblended detection's faint pixels among its children
@@ -34,6 +40,7 @@ done by :mod:`galseg.extract.clean`.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -53,6 +60,7 @@ __all__ = [
     "threshold_map",
     "Detection",
     "detect",
+    "detect_streaming",
     "lutz_pixel_order",
     "sextractor_pixel_lists",
 ]
@@ -131,18 +139,19 @@ def _axpy_sq(orow, irow, m, d0, s0, n):
 
 
 @numba.njit(cache=True, nogil=True)
-def _correlate(y0, y1, image, kernel, out, square, tfac):
-    """Rows ``y0..y1-1`` of ``out = image (x) kernel`` (of ``image**2`` with
-    ``square``); with ``tfac > 0``, each output row is then turned into the
-    detection threshold ``tfac * sqrt(row)`` while it is in cache
-    (`_threshold`)."""
+def _correlate(j0, j1, image, kernel, out, square, tfac, oy):
+    """Rows ``j0..j1-1`` of ``out``, image rows ``oy + j``, of ``image (x)
+    kernel`` (of ``image**2`` with ``square``); with ``tfac > 0``, each output
+    row is then turned into the detection threshold ``tfac * sqrt(row)``
+    while it is in cache (`_threshold`)."""
     height, width = image.shape
     kh, kw = kernel.shape
     kh2 = kh // 2
     kw2 = kw // 2
     block = 1024  # columns per pass: the rows involved stay in cache
-    for y in range(y0, y1):
-        orow = out[y]
+    for j in range(j0, j1):
+        y = j + oy
+        orow = out[j]
         for x in range(width):
             orow[x] = np.float32(0.0)
         for b0 in range(0, width, block):
@@ -194,9 +203,62 @@ def _filter(image, kernel, square=False, out=None, thresh_factor=0.0):
     k = _parallel.readonly(np.ascontiguousarray(kernel, dtype=np.float32))
     if out is None:
         out = np.empty(img.shape, np.float32)
-    _parallel.ranges(_correlate, img.shape[0], 64, img, k, out, bool(square),
-                     float(thresh_factor))
+    _filter_rows(img, k, 0, out, square, thresh_factor)
     return out
+
+
+def _filter_rows(image, kernel, y0, out, square=False, thresh_factor=0.0):
+    """Image rows ``y0 .. y0 + len(out) - 1`` of `_filter` into ``out``
+    (``image`` and ``kernel``: read-only C-contiguous float32)."""
+    _parallel.ranges(_correlate, out.shape[0], 64, image, kernel, out, bool(square),
+                     float(thresh_factor), int(y0))
+
+
+@numba.njit(cache=True, nogil=True)
+def _above_rows(j0, j1, image, noise, kernel, square, tfac, tconst, above, rowmin):
+    """``above = filtered > threshold`` on rows ``j0..j1-1``, the filtered
+    image and threshold made a row at a time (`_correlate`): from the
+    ``noise`` map when it has rows (``rowmin``: each row's lowest
+    threshold), else against the constant ``tconst``."""
+    width = image.shape[1]
+    f = np.empty((1, width), np.float32)
+    t = np.empty((1, width), np.float32)
+    use_map = noise.shape[0] > 0
+    for y in range(j0, j1):
+        _correlate(0, 1, image, kernel, f, False, 0.0, y)
+        frow = f[0]
+        arow = above[y]
+        if use_map:
+            _correlate(0, 1, noise, kernel, t, square, tfac, y)
+            trow = t[0]
+            lo = trow[0]
+            for x in range(width):
+                arow[x] = frow[x] > trow[x]
+                lo = min(lo, trow[x])
+            rowmin[y] = lo
+        else:
+            for x in range(width):
+                arow[x] = frow[x] > tconst
+
+
+@numba.njit(cache=True, nogil=True)
+def _sample_rows(j0, j1, noise, kernel, square, tfac, step, out):
+    """``out[j] = threshold[j * step, ::step]`` for ``j0 <= j < j1``."""
+    t = np.empty((1, noise.shape[1]), np.float32)
+    for j in range(j0, j1):
+        _correlate(0, 1, noise, kernel, t, square, tfac, j * step)
+        row = t[0]
+        for i in range(out.shape[1]):
+            out[j, i] = row[i * step]
+
+
+def _summary(thresh_sample, thresh_min):
+    return {"min": float(thresh_min), "median": float(np.median(thresh_sample))}
+
+
+def _sample_step(shape):
+    # a sample: the median of a full-frame map costs a sort of the image
+    return max(1, int(math.sqrt(shape[0] * shape[1] / 1e6)))
 
 
 @numba.njit(cache=True)
@@ -266,16 +328,16 @@ class Detection:
         Its flux-like fields refer to the *filtered* image.
     segmap : ndarray of int32
         Segment ids ``1..n`` (0: sky).
-    filtered : ndarray of float32
-        The filtered detection image (the input when not filtering).
-    thresh : float or ndarray of float32
-        The detection threshold per pixel (or constant).
     above : ndarray of bool
         ``filtered > thresh``: the detected pixels.
     chain_off, chain_pix : ndarray of int64
         The detections (8-connected groups of at least ``DETECT_MINAREA``
         detected pixels) in completion order, each as its flat pixel indices
         in SExtractor's pixel-list order (see `lutz_pixel_order`).
+    chain_filtered, chain_thresh : ndarray of float32
+        The filtered image and the detection threshold on those pixels
+        (aligned with ``chain_pix``): all that is kept of either map, so that
+        neither has to exist as a full frame (see `detect_streaming`).
     parent : ndarray of int64
         For each object, the index of the detection it was deblended from.
     parent_ymin, parent_ymax : ndarray of int64
@@ -283,32 +345,36 @@ class Detection:
     pixstack, sub_object_limit : int
         The sep limits the extraction ran with.
     strips : tuple of int
-        The rows at which the image was cut to run sep on several horizontal
-        strips at once (empty: one run); no detection crosses them.
+        The rows at which the image was cut to run sep on horizontal strips
+        (empty: one run); no detection crosses them.
+    threshold : float or dict
+        The detection threshold: the constant, or the map's ``min`` and
+        ``median`` (on a regular sample of pixels).
     """
 
     objects: np.ndarray
     segmap: np.ndarray
-    filtered: np.ndarray
-    thresh: float | np.ndarray
     above: np.ndarray
     chain_off: np.ndarray
     chain_pix: np.ndarray
+    chain_filtered: np.ndarray
+    chain_thresh: np.ndarray
     parent: np.ndarray
     parent_ymin: np.ndarray
     parent_ymax: np.ndarray
     pixstack: int
     sub_object_limit: int
     strips: tuple = ()
+    threshold: float | dict = 0.0
 
     def subset(self, keep):
         """The same detections with only the objects ``keep`` (bool mask)."""
         lut = np.zeros(len(keep) + 1, np.int32)
         lut[1:][keep] = np.arange(1, int(np.count_nonzero(keep)) + 1, dtype=np.int32)
-        return Detection(self.objects[keep], lut[self.segmap], self.filtered, self.thresh,
-                         self.above, self.chain_off, self.chain_pix, self.parent[keep],
-                         self.parent_ymin[keep], self.parent_ymax[keep], self.pixstack,
-                         self.sub_object_limit, self.strips)
+        return Detection(self.objects[keep], lut[self.segmap], self.above, self.chain_off,
+                         self.chain_pix, self.chain_filtered, self.chain_thresh,
+                         self.parent[keep], self.parent_ymin[keep], self.parent_ymax[keep],
+                         self.pixstack, self.sub_object_limit, self.strips, self.threshold)
 
 
 _PIXSTACK_RE = re.compile(r"pixel|pixstack", re.IGNORECASE)
@@ -351,40 +417,33 @@ def _extract_growing(image, err, minarea, nthresh, mincont, pixstack, max_pixsta
 
 
 @numba.njit(cache=True)
-def _chain_levels(coff, cpix, width, thr, thr_is_map, saved):
-    """Per detection: vertical extent, and (threshold map) the lowest pixel
-    threshold written over its pixels, their values kept in ``saved``."""
+def _chain_extents(coff, cpix, width):
+    """Vertical extent (first and last row) of each detection."""
     nch = coff.size - 1
     ymin = np.empty(nch, np.int64)
     ymax = np.empty(nch, np.int64)
     for k in range(nch):
-        tmin = np.float32(3.0e38)
         y0 = 1 << 40
         y1 = -1
         for q in range(coff[k], coff[k + 1]):
-            p = cpix[q]
-            y = p // width
-            if y < y0:
-                y0 = y
-            if y > y1:
-                y1 = y
-            if thr_is_map:
-                t = thr[p]
-                saved[q] = t
-                if t < tmin:
-                    tmin = t
+            y = cpix[q] // width
+            y0 = min(y0, y)
+            y1 = max(y1, y)
         ymin[k] = y0
         ymax[k] = y1
-        if thr_is_map:
-            for q in range(coff[k], coff[k + 1]):
-                thr[cpix[q]] = tmin
     return ymin, ymax
 
 
 @numba.njit(cache=True)
-def _restore(cpix, thr, saved):
-    for q in range(cpix.size):
-        thr[cpix[q]] = saved[q]
+def _set_chain_minimum(coff, pix, thr):
+    """Inside each detection (``pix[coff[k]:coff[k + 1]]``, flat indices into
+    ``thr``), the threshold map becomes the detection's lowest threshold."""
+    for k in range(coff.size - 1):
+        tmin = np.float32(3.0e38)
+        for q in range(coff[k], coff[k + 1]):
+            tmin = min(tmin, thr[pix[q]])
+        for q in range(coff[k], coff[k + 1]):
+            thr[pix[q]] = tmin
 
 
 @numba.njit(cache=True)
@@ -406,7 +465,113 @@ def _object_parents(coff, cpix, seg, n):
     return parent
 
 
-# ------------------------------------------------------------------ parallel strips
+# ------------------------------------------------------------------ where the rows come from
+class _Frames:
+    """The filtered image and threshold of `detect`, as full frames.
+
+    A writeable C-contiguous float32 threshold map is used in place: sep's
+    strips see it changed on their detections' pixels, which are restored
+    afterwards.
+    """
+
+    streams = False
+
+    def __init__(self, filtered, thresh):
+        image = np.ascontiguousarray(filtered, dtype=np.float32)
+        if not image.flags.writeable:  # sep takes writeable buffers only
+            image = image.copy()
+        self.image = image
+        self.shape = image.shape
+        if np.ndim(thresh) == 0:
+            self.tconst, self.thr = np.float32(thresh), None
+        else:
+            self.tconst = None
+            self.thr = thresh if (isinstance(thresh, np.ndarray)
+                                  and thresh.dtype == np.float32
+                                  and thresh.flags.c_contiguous and thresh.flags.writeable) \
+                else np.array(thresh, dtype=np.float32, order="C")
+
+    def above(self):
+        return self.image > (self.tconst if self.thr is None else self.thr)
+
+    def threshold(self):
+        if self.thr is None:
+            return float(self.tconst)
+        step = _sample_step(self.shape)
+        return _summary(self.thr[::step, ::step], np.min(self.thr))
+
+    def buffers(self, rows):
+        return None
+
+    def rows(self, a, b, buffers):
+        """Rows ``a..b-1``: the filtered image and the threshold (map or
+        constant), both views."""
+        return self.image[a:b], (self.tconst if self.thr is None else self.thr[a:b])
+
+
+class _Streamed:
+    """The filtered image and threshold of `detect_streaming`, made a strip of
+    rows at a time from the image and its noise map (`_correlate`)."""
+
+    streams = True
+
+    def __init__(self, data, kernel, noise=None, square=False, thresh_factor=0.0,
+                 thresh=None):
+        ro = _parallel.readonly
+        self.data = ro(np.ascontiguousarray(data, dtype=np.float32))
+        self.kernel = ro(np.ascontiguousarray(kernel, dtype=np.float32))
+        self.shape = self.data.shape
+        if noise is None:
+            if thresh is None:
+                raise ValueError("detect_streaming: give a noise map or a constant threshold")
+            self.noise, self.tconst = None, np.float32(thresh)
+        else:
+            if not thresh_factor > 0.0:
+                raise ValueError("detect_streaming: thresh_factor must be > 0 with a noise map")
+            self.noise, self.tconst = ro(np.ascontiguousarray(noise, dtype=np.float32)), None
+        self.square = bool(square)
+        self.tfac = float(thresh_factor)
+
+    def above(self):
+        above = np.empty(self.shape, np.bool_)
+        noise = self.noise if self.noise is not None else _parallel.readonly(
+            np.zeros((0, 1), np.float32))
+        tconst = np.float32(0.0) if self.tconst is None else self.tconst
+        self.rowmin = np.zeros(self.shape[0], np.float32)
+        _parallel.ranges(_above_rows, self.shape[0], 64, self.data, noise, self.kernel,
+                         self.square, self.tfac, tconst, above, self.rowmin)
+        return above
+
+    def threshold(self):
+        """As `_Frames.threshold`, from `above`'s row minima and the sample
+        rows made again."""
+        if self.noise is None:
+            return float(self.tconst)
+        step = _sample_step(self.shape)
+        height, width = self.shape
+        sample = np.empty(((height + step - 1) // step, (width + step - 1) // step),
+                          np.float32)
+        _parallel.ranges(_sample_rows, sample.shape[0], 16, self.noise, self.kernel,
+                         self.square, self.tfac, step, sample)
+        return _summary(sample, np.min(self.rowmin))
+
+    def buffers(self, rows):
+        width = self.shape[1]
+        return (np.empty((rows, width), np.float32),
+                None if self.noise is None else np.empty((rows, width), np.float32))
+
+    def rows(self, a, b, buffers):
+        fbuf, tbuf = buffers
+        image = fbuf[:b - a]
+        _filter_rows(self.data, self.kernel, a, image)
+        if self.noise is None:
+            return image, self.tconst
+        thr = tbuf[:b - a]
+        _filter_rows(self.noise, self.kernel, a, thr, self.square, self.tfac)
+        return image, thr
+
+
+# ------------------------------------------------------------------ strips
 #: sep's cost (seconds) per image pixel scanned and per detected pixel
 #: (deblending), measured on the benchmark fields.
 _SEP_COST_PIXEL = 1.3e-9
@@ -414,6 +579,9 @@ _SEP_COST_DETECTED = 5.7e-7
 #: Least estimated sep time (s) worth running strips in forked processes
 #: (forking a process holding several full-frame arrays costs ~0.1 s).
 STRIP_MIN_SECONDS = 0.4
+#: Pixels per strip of `detect_streaming` (its filtered image and threshold
+#: never exist for more rows at a time): 2**21 float32 pixels, 8 MB.
+STREAM_STRIP_PIXELS = 1 << 21
 
 
 @numba.njit(cache=True)
@@ -424,22 +592,26 @@ def _row_counts(cpix, width, height):
     return counts
 
 
-def _strip_rows(cpix, ymin, ymax, shape, nstrips):
-    """Rows at which to cut the image into ``nstrips`` strips of similar work.
-
-    A cut row lies outside the vertical extent of every detection, so that
-    sep finds exactly the same objects in the strips (each strip includes its
-    cut rows) as in the whole image.  Returns the cut rows (possibly fewer
-    than ``nstrips - 1``, none when no row qualifies).
-    """
-    height, width = shape
-    if nstrips < 2 or height < 8:
-        return ()
+def _free_rows(ymin, ymax, height):
+    """Rows inside the image (not the first or last) that no detection's
+    vertical extent covers: where the image may be cut into strips on which
+    sep finds exactly the objects of the whole image (each strip includes its
+    cut rows)."""
     cover = np.zeros(height + 1, np.int64)
     np.add.at(cover, ymin, 1)
     np.add.at(cover, ymax + 1, -1)
     free = np.flatnonzero(np.cumsum(cover[:-1]) == 0)
-    free = free[(free > 0) & (free < height - 1)]
+    return free[(free > 0) & (free < height - 1)]
+
+
+def _strip_rows(cpix, ymin, ymax, shape, nstrips):
+    """Rows at which to cut the image into ``nstrips`` strips of similar work
+    (possibly fewer cuts than ``nstrips - 1``, none when no row is free: see
+    `_free_rows`)."""
+    height, width = shape
+    if nstrips < 2 or height < 8:
+        return ()
+    free = _free_rows(ymin, ymax, height)
     if free.size == 0:
         return ()
     # sep's work: a scan of every pixel, and much more per detected pixel
@@ -456,14 +628,29 @@ def _strip_rows(cpix, ymin, ymax, shape, nstrips):
     return tuple(cuts)
 
 
+def _cuts_every(free, lo, hi, rows):
+    """Free rows in ``(lo, hi)`` that cut it into strips of about ``rows``
+    rows (longer where no row is free)."""
+    cuts = []
+    a = lo
+    while hi - a > rows:
+        i = int(np.searchsorted(free, a + rows, side="right")) - 1
+        if i < 0 or free[i] <= a:  # none in (a, a + rows]: the next one
+            i = int(np.searchsorted(free, a + rows, side="right"))
+        if i >= free.size or free[i] >= hi:
+            break
+        a = int(free[i])
+        cuts.append(a)
+    return cuts
+
+
 @numba.njit(cache=True)
-def _gather_labels(seg, pix, base):
-    """Labels of the flat pixels ``pix`` of an image, in a strip starting at
-    flat index ``base``."""
+def _gather_labels(seg, pix):
+    """Labels of a strip's segmentation map at its flat pixels ``pix``."""
     out = np.empty(pix.size, np.int32)
     flat = seg.reshape(-1)
     for q in range(pix.size):
-        out[q] = flat[pix[q] - base]
+        out[q] = flat[pix[q]]
     return out
 
 
@@ -478,50 +665,90 @@ def _scatter_labels(seg, pix, labels, offset):
 _Y_FIELDS = ("y", "ymin", "ymax", "ycpeak", "ypeak")
 
 
-def _extract_strips(image, err, args, cuts, coff, cpix, chain_ymax):
-    """`_extract_growing` on horizontal strips, the first in this process and
-    the others in forked child processes at the same time; the results are
-    those of one run on the whole image (see `_strip_rows`), except for the
-    random sharing sep draws for detections it deblends (galseg redoes that
-    sharing; the engine runs sep once more on the whole image in the rare
-    case where it keeps sep's).
+def _run_strips(source, bounds, strips, chain_lo, chain_hi, coff, cpix, args):
+    """sep on the given strips one after the other (strip ``k``: rows
+    ``bounds[k]..bounds[k + 1]``); a strip without a detection is skipped.
+    ``args``: sep's settings, the least pixel stack and the cumulative
+    count of detected pixels per row (a strip's stack need not hold more).
 
-    sep labels only the pixels of detections, so a child sends back, with
-    its objects, the labels of its detections' pixels (``cpix``), not its
-    segmentation map.
+    Returns sep's objects (image rows), the labels of the strips'
+    detections' pixels (numbered from 1 across these strips), the filtered
+    image and the original threshold on those pixels, and sep's limits.
     """
+    width = source.shape[1]
+    *sep_args, least_stack, detected = args
+    todo = [k for k in strips if chain_hi[k] > chain_lo[k]]
+    buffers = source.buffers(max(bounds[k + 1] - bounds[k] + 1 for k in todo)) if todo else None
+    objs, labels, fvals, tvals = [], [], [], []
+    stack = sublim = 0
+    nobj = 0
+    for k in todo:
+        a, b = bounds[k], bounds[k + 1] + 1
+        # sep's stack holds the pixels of the detections in progress: never
+        # more than the strip's detected pixels (+ slack for its free-list
+        # bookkeeping); a larger one costs fresh memory at every call
+        enough = int(detected[b] - detected[a]) + 64
+        grow = (*sep_args, min(least_stack, enough), enough)
+        image, thr = source.rows(a, b, buffers)
+        c0, c1 = coff[chain_lo[k]], coff[chain_hi[k]]
+        pix = cpix[c0:c1] - a * width
+        fvals.append(image.reshape(-1)[pix])
+        if np.ndim(thr) == 0:
+            tvals.append(np.full(pix.size, thr, np.float32))
+            o, sseg, stack_k, sub_k = _extract_growing(image, float(thr), *grow)
+        else:
+            # Inside each detection, its minimum pixel threshold everywhere:
+            # sep then deblends from SExtractor's base level (module
+            # docstring); the pixels are restored afterwards.
+            flat = thr.reshape(-1)
+            tv = flat[pix]
+            tvals.append(tv)
+            _set_chain_minimum(coff[chain_lo[k]:chain_hi[k] + 1] - c0, pix, flat)
+            try:
+                o, sseg, stack_k, sub_k = _extract_growing(image, thr, *grow)
+            finally:
+                flat[pix] = tv
+        lab = _gather_labels(np.ascontiguousarray(sseg, dtype=np.int32), pix)
+        del sseg
+        if nobj:
+            lab[lab > 0] += nobj
+        if a:
+            o = o.copy()
+            for f in _Y_FIELDS:
+                o[f] += a
+        objs.append(o)
+        labels.append(lab)
+        nobj += len(o)
+        stack, sublim = max(stack, stack_k), max(sublim, sub_k)
+    if not objs:
+        return None
+    return (np.concatenate(objs), np.concatenate(labels), np.concatenate(fvals),
+            np.concatenate(tvals), stack, sublim)
+
+
+def _run_groups(source, bounds, groups, chain_lo, chain_hi, coff, cpix, args):
+    """`_run_strips` on each group of strips, the first in this process and
+    the others in forked child processes at the same time (their results
+    come back through pipes: only the detections' pixels, not maps)."""
     import gc
     import pickle
     import warnings
 
-    height, width = image.shape
-    bounds = [0, *cuts, height - 1]
-    nstrip = len(bounds) - 1
-    # detections (completion order) of each strip, as ranges of chains
-    first_chain = np.searchsorted(chain_ymax, np.asarray(bounds[1:-1]), side="left")
-    chain_lo = [0, *first_chain.tolist()]
-    chain_hi = [*first_chain.tolist(), len(coff) - 1]
-
-    def run(k):
-        a, b = bounds[k], bounds[k + 1]
-        e = err if np.ndim(err) == 0 else err[a:b + 1]
-        objs, sseg, stack, sublim = _extract_growing(image[a:b + 1], e, *args)
-        pix = cpix[coff[chain_lo[k]]:coff[chain_hi[k]]]
-        labels = _gather_labels(np.ascontiguousarray(sseg, dtype=np.int32), pix, a * width)
-        return objs, labels, stack, sublim
+    def run(g):
+        return _run_strips(source, bounds, groups[g], chain_lo, chain_hi, coff, cpix, args)
 
     children = []
-    for k in range(1, nstrip):
+    for g in range(1, len(groups)):
         rfd, wfd = os.pipe()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
             pid = os.fork()
-        if pid == 0:  # child: one strip, its results through the pipe
+        if pid == 0:  # child: one group, its results through the pipe
             status = 1
             try:
                 gc.disable()
                 os.close(rfd)
-                payload = pickle.dumps(run(k), protocol=pickle.HIGHEST_PROTOCOL)
+                payload = pickle.dumps(run(g), protocol=pickle.HIGHEST_PROTOCOL)
                 view = memoryview(payload)
                 while view:
                     view = view[os.write(wfd, view):]
@@ -529,13 +756,13 @@ def _extract_strips(image, err, args, cuts, coff, cpix, chain_ymax):
             finally:
                 os._exit(status)
         os.close(wfd)
-        children.append((k, pid, rfd))
+        children.append((g, pid, rfd))
 
     parts = {}
     try:
         parts[0] = run(0)
     finally:
-        for k, pid, rfd in children:
+        for g, pid, rfd in children:
             chunks = []
             with os.fdopen(rfd, "rb") as f:
                 while True:
@@ -545,33 +772,88 @@ def _extract_strips(image, err, args, cuts, coff, cpix, chain_ymax):
                     chunks.append(chunk)
             _, status = os.waitpid(pid, 0)
             if status == 0 and chunks:
-                parts[k] = pickle.loads(b"".join(chunks))
-    with _parallel.small_pages():  # filled only on the detected pixels (see _small_pages)
-        seg = np.zeros((height, width), np.int32)
-    allobjs = []
-    offset = 0
-    for k in range(nstrip):
-        if k not in parts:  # the child failed: this strip here
-            parts[k] = run(k)
-        objs, labels, _, _ = parts[k]
-        if k:
-            objs = objs.copy()
-            for f in _Y_FIELDS:
-                objs[f] += bounds[k]
-        _scatter_labels(seg, cpix[coff[chain_lo[k]]:coff[chain_hi[k]]], labels, offset)
-        allobjs.append(objs)
-        offset += len(objs)
-    return (np.concatenate(allobjs), seg, max(p[2] for p in parts.values()),
-            max(p[3] for p in parts.values()))
+                parts[g] = pickle.loads(b"".join(chunks))
+    for g in range(len(groups)):
+        if g not in parts:  # the child failed: this group here
+            parts[g] = run(g)
+    return [parts[g] for g in range(len(groups))]
+
+
+@functools.lru_cache(maxsize=1)
+def _no_objects():
+    """sep's (empty) object table, for an image without detections."""
+    objs, _ = sep.extract(np.zeros((4, 4), np.float32), 1.0, err=1.0, minarea=1,
+                          filter_kernel=None, clean=False, segmentation_map=True)
+    return objs[:0]
 
 
 def _default_strips(shape, ndetected):
-    """How many strips `detect` cuts an image into: one per numba thread on
+    """How many processes `detect` runs sep in: one per numba thread on
     Linux (fork), when sep's estimated time exceeds `STRIP_MIN_SECONDS`."""
     est = _SEP_COST_PIXEL * shape[0] * shape[1] + _SEP_COST_DETECTED * ndetected
     if not sys.platform.startswith("linux") or est < STRIP_MIN_SECONDS:
         return 1
     return max(1, numba.get_num_threads())
+
+
+def _detect(source, params, strips):
+    height, width = source.shape
+    minarea = max(int(params["DETECT_MINAREA"]), 1)
+    above = source.above()
+    coff, cpix = lutz_pixel_order(above, minarea)
+    ymin, ymax = _chain_extents(coff, cpix, width)
+
+    detected = np.zeros(height + 1, np.int64)
+    np.cumsum(np.count_nonzero(above, axis=1), out=detected[1:])
+    args = (minarea, int(params["DEBLEND_NTHRESH"]), float(params["DEBLEND_MINCONT"]),
+            max(int(params["MEMORY_PIXSTACK"]), 300000), detected)
+    nproc = (_default_strips(source.shape, int(coff[-1])) if strips is None
+             else max(int(strips), 1))
+    # processes: strips of similar work; each process: strips of bounded
+    # rows when the rows are made on the fly
+    proc_cuts = list(_strip_rows(cpix, ymin, ymax, source.shape, nproc)) if nproc > 1 else []
+    lims = [0, *proc_cuts, height - 1]
+    if source.streams:
+        free = _free_rows(ymin, ymax, height)
+        rows = max(STREAM_STRIP_PIXELS // width, 16)
+        cuts, groups = [], []
+        for g in range(len(lims) - 1):
+            sub = _cuts_every(free, lims[g], lims[g + 1], rows)
+            groups.append(list(range(len(cuts), len(cuts) + len(sub) + 1)))
+            cuts += sub + ([lims[g + 1]] if g < len(lims) - 2 else [])
+    else:
+        cuts, groups = proc_cuts, [[g] for g in range(len(lims) - 1)]
+    bounds = [0, *cuts, height - 1]
+    # detections of each strip (completion order: by last row), as chain ranges
+    first = np.searchsorted(ymax, np.asarray(bounds[1:-1], np.int64), side="left").tolist()
+    chain_lo, chain_hi = [0, *first], [*first, len(coff) - 1]
+    parts = _run_groups(source, bounds, groups, chain_lo, chain_hi, coff, cpix, args)
+
+    with _parallel.small_pages():  # filled only on the detected pixels (see small_pages)
+        seg = np.zeros((height, width), np.int32)
+    chain_f = np.empty(cpix.size, np.float32)
+    chain_t = np.empty(cpix.size, np.float32)
+    objs = []
+    offset = 0
+    stack = sublim = 0
+    for g, part in enumerate(parts):
+        if part is None:
+            continue
+        o, labels, fv, tv, stack_g, sub_g = part
+        c0, c1 = coff[chain_lo[groups[g][0]]], coff[chain_hi[groups[g][-1]]]
+        _scatter_labels(seg, cpix[c0:c1], labels, offset)
+        chain_f[c0:c1], chain_t[c0:c1] = fv, tv
+        objs.append(o)
+        offset += len(o)
+        stack, sublim = max(stack, stack_g), max(sublim, sub_g)
+    objs = np.concatenate(objs) if objs else _no_objects()
+    parent = _object_parents(coff, cpix, seg.reshape(-1), len(objs))
+    if len(objs) and parent.min() < 0:
+        raise RuntimeError("sep's detections do not match SExtractor's segmentation "
+                           "(internal error; please report)")
+    return Detection(objs, seg, above, coff, cpix, chain_f, chain_t, parent, ymin[parent],
+                     ymax[parent], stack or min(args[3], int(detected[-1]) + 64),
+                     sublim or sep.get_sub_object_limit(), tuple(cuts), source.threshold())
 
 
 def detect(filtered, thresh, params, *, strips=None):
@@ -598,57 +880,45 @@ def detect(filtered, thresh, params, *, strips=None):
     -------
     Detection
     """
-    image = np.ascontiguousarray(filtered, dtype=np.float32)
-    if not image.flags.writeable:  # sep takes writeable buffers only
-        image = image.copy()
-    width = image.shape[1]
-    minarea = max(int(params["DETECT_MINAREA"]), 1)
-    scalar = np.ndim(thresh) == 0
-    above = image > (np.float32(thresh) if scalar else thresh)
-    coff, cpix = lutz_pixel_order(above, minarea)
+    return _detect(_Frames(filtered, thresh), params, strips)
 
-    # sep's stack holds the pixels of the detections in progress: never more
-    # than all detected pixels (+ slack for its free-list bookkeeping).
-    enough = int(np.count_nonzero(above)) + 64
-    pixstack = min(max(int(params["MEMORY_PIXSTACK"]), 300000), enough)
-    args = (minarea, int(params["DEBLEND_NTHRESH"]), float(params["DEBLEND_MINCONT"]),
-            pixstack, enough)
-    nstrips = (_default_strips(image.shape, int(coff[-1])) if strips is None
-               else max(int(strips), 1))
 
-    def extract(err):
-        if nstrips > 1:
-            cuts = _strip_rows(cpix, ymin, ymax, image.shape, nstrips)
-            if cuts:
-                return (*_extract_strips(image, err, args, cuts, coff, cpix, ymax), cuts)
-        return (*_extract_growing(image, err, *args), ())
+def detect_streaming(data, kernel, params, *, noise=None, square=False, thresh_factor=0.0,
+                     thresh=None, strips=None):
+    """`detect` on ``data`` filtered with ``kernel``, without full-frame maps.
 
-    if scalar:
-        ymin, ymax = _chain_levels(coff, cpix, width, np.zeros(1, np.float32), False,
-                                   np.zeros(1, np.float32))
-        objs, seg, stack, sublim, cuts = extract(float(np.float32(thresh)))
-    else:
-        # Inside each detection, its minimum pixel threshold everywhere: sep
-        # then deblends from SExtractor's base level (see module docstring).
-        # The map is changed in place on the detected pixels and restored.
-        thr = thresh if (isinstance(thresh, np.ndarray) and thresh.dtype == np.float32
-                         and thresh.flags.c_contiguous and thresh.flags.writeable) \
-            else np.array(thresh, dtype=np.float32, order="C")
-        thr_flat = thr.reshape(-1)
-        saved = np.empty(cpix.size, np.float32)
-        ymin, ymax = _chain_levels(coff, cpix, width, thr_flat, True, saved)
-        try:
-            objs, seg, stack, sublim, cuts = extract(thr)
-        finally:
-            _restore(cpix, thr_flat, saved)
-        thresh = thr
-    seg = np.ascontiguousarray(seg, dtype=np.int32)
-    parent = _object_parents(coff, cpix, seg.reshape(-1), len(objs))
-    if len(objs) and parent.min() < 0:
-        raise RuntimeError("sep's detections do not match SExtractor's segmentation "
-                           "(internal error; please report)")
-    return Detection(objs, seg, image, thresh, above, coff, cpix, parent, ymin[parent],
-                     ymax[parent], stack, sublim, tuple(cuts))
+    The filtered image and the threshold map are made a strip of rows at a
+    time (`STREAM_STRIP_PIXELS`), once to find the detected pixels and once
+    for sep on each strip that holds detections, so that a run holds neither
+    as a full frame: at 8192 x 8192 that is 0.5 GB less memory to touch.
+    The result is that of `detect` on the full maps, bit for bit.
+
+    Parameters
+    ----------
+    data : 2-D ndarray of float32
+        The background-subtracted image (not modified).
+    kernel : 2-D ndarray of float32
+        The normalised detection kernel (`detection_kernel`).
+    params : Params
+    noise : 2-D ndarray of float32, optional
+        The absolute variance map, or the rms map with ``square``: the
+        threshold is ``thresh_factor * sqrt(noise (x) kernel)``
+        (`threshold_map`).
+    square : bool
+        ``noise`` is an rms map (squared before filtering).
+    thresh_factor : float
+        ``DETECT_THRESH`` (> 0), with ``noise``.
+    thresh : float, optional
+        The constant threshold, without ``noise``.
+    strips : int, optional
+        Processes to run sep in, as for `detect`.
+
+    Returns
+    -------
+    Detection
+    """
+    return _detect(_Streamed(data, kernel, noise, square, thresh_factor, thresh), params,
+                   strips)
 
 
 # --------------------------------------------------------------------------- Lutz pixel order
@@ -969,13 +1239,15 @@ def _core_moments(px, py, cd, val, thresh, weighted):
 
 
 @numba.njit(cache=True)
-def _share_pixels(seg, width, cd, data, thr, thr_is_map, weighted, coff, cpix, pk,
-                  objx, objy, xn, rng, out_off, out_idx, centre, ok_out, ncalls):
+def _share_pixels(seg, width, cf, data, ct, weighted, coff, cpix, pk,
+                  objx, objy, xn, rng, out_off, out_idx, out_q, centre, ok_out, ncalls):
     """Redo SExtractor's pixel sharing for every deblended detection.
 
     ``pk[o]`` is the Lutz chain (detection) of object ``o``; objects of one
-    detection are consecutive.  Writes each object's pixel list, in
-    SExtractor's order, into the CSR (``out_off``, ``out_idx``), the new labels
+    detection are consecutive; ``cf`` and ``ct`` are the filtered image and
+    the threshold on the chains' pixels (`Detection.chain_filtered`).  Writes
+    each object's pixel list, in SExtractor's order, into the CSR
+    (``out_off``, ``out_idx``; ``out_q``: each pixel's place in ``cpix``), the new labels
     into ``seg``, and for re-shared children their core barycentre (the
     position SExtractor keeps for them) into ``centre``; ``ok_out[o]`` is 1
     where the sharing was redone, 0 where sep's children were kept (core not
@@ -992,11 +1264,13 @@ def _share_pixels(seg, width, cd, data, thr, thr_is_map, weighted, coff, cpix, p
         k = pk[g0]
         nch = g1 - g0
         out_off[g0] = fill
-        P = cpix[coff[k]:coff[k + 1]]
+        base = coff[k]
+        P = cpix[base:coff[k + 1]]
         npx = P.size
         if nch == 1:
             for q in range(npx):
                 out_idx[fill + q] = P[q]
+                out_q[fill + q] = base + q
             fill += npx
             out_off[g1] = fill
             ok_out[g0] = 2
@@ -1020,9 +1294,9 @@ def _share_pixels(seg, width, cd, data, thr, thr_is_map, weighted, coff, cpix, p
         dthresh0 = np.float32(3.0e38)
         fdpeak0 = np.float32(-3.0e38)
         for q in range(npx):
-            cdv[q] = cd[P[q]]
+            cdv[q] = cf[base + q]
             dv[q] = data[P[q]]
-            tv[q] = thr[P[q]] if thr_is_map else thr[0]
+            tv[q] = ct[base + q]
             if tv[q] < dthresh0:
                 dthresh0 = tv[q]
             if cdv[q] > fdpeak0:
@@ -1195,6 +1469,7 @@ def _share_pixels(seg, width, cd, data, thr, thr_is_map, weighted, coff, cpix, p
                 for q in range(npx):
                     if seg[P[q]] == g0 + c + 1:
                         out_idx[fill] = P[q]
+                        out_q[fill] = base + q
                         fill += 1
                 ok_out[g0 + c] = 0
             out_off[g1] = fill
@@ -1261,9 +1536,11 @@ def _share_pixels(seg, width, cd, data, thr, thr_is_map, weighted, coff, cpix, p
             out_off[g0 + c] = fill
             for j in range(coff3[c], coff3[c + 1]):  # core, in its Lutz order
                 out_idx[fill] = P[cq[j]]
+                out_q[fill] = base + cq[j]
                 fill += 1
             for j in range(gath[c], gath[c + 1]):
                 out_idx[fill] = P[gq[j]]
+                out_q[fill] = base + gq[j]
                 fill += 1
             centre[g0 + c, 0] = cmx[c]
             centre[g0 + c, 1] = cmy[c]
@@ -1287,8 +1564,10 @@ def sextractor_pixel_lists(det, data, params, *, weighted=False):
 
     Returns
     -------
-    offsets, index : ndarray of int64
-        CSR of flat pixel indices per object (row ``i`` = label ``i + 1``).
+    offsets, index, chain_index : ndarray of int64
+        CSR of flat pixel indices per object (row ``i`` = label ``i + 1``),
+        and of each pixel's place in ``det.chain_pix`` (where its filtered
+        value and threshold are: `Detection.chain_filtered`).
     centre : ndarray of float64, shape (n, 2)
         Core barycentre (x, y) of re-shared children, NaN elsewhere.
     info : dict
@@ -1300,31 +1579,30 @@ def sextractor_pixel_lists(det, data, params, *, weighted=False):
     n = len(objs)
     width = det.segmap.shape[1]
     if n == 0:
-        return (np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros((0, 2)),
-                {"reshared": 0, "kept": 0, "kept_index": np.zeros(0, np.int64),
-                 "rand_calls": 0})
-    thr = det.thresh
-    thr_is_map = np.ndim(thr) == 2
+        return (np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                np.zeros((0, 2)), {"reshared": 0, "kept": 0,
+                                   "kept_index": np.zeros(0, np.int64), "rand_calls": 0})
     ro = _parallel.readonly
-    thr_flat = ro(np.ascontiguousarray(thr, dtype=np.float32).reshape(-1) if thr_is_map
-                  else np.full(1, thr, np.float32))
     seg = det.segmap.reshape(-1)
     if not np.shares_memory(seg, det.segmap):
         raise RuntimeError("segmentation map must be C-contiguous")
     coff, cpix = det.chain_off, det.chain_pix
     out_off = np.zeros(n + 1, np.int64)
     out_idx = np.zeros(int(coff[-1]), np.int64)
+    out_q = np.zeros(int(coff[-1]), np.int64)
     centre = np.full((n, 2), np.nan)
     ok = np.zeros(n, np.int64)
     rng = _glibc_srand(1)
     ncalls = np.zeros(n, np.int64)
-    _share_pixels(seg, width, ro(np.ascontiguousarray(det.filtered, np.float32)).reshape(-1),
-                  ro(np.ascontiguousarray(data, np.float32)).reshape(-1), thr_flat, thr_is_map,
-                  bool(weighted), coff, cpix, np.ascontiguousarray(det.parent, np.int64),
+    _share_pixels(seg, width, ro(det.chain_filtered),
+                  ro(np.ascontiguousarray(data, np.float32)).reshape(-1),
+                  ro(det.chain_thresh), bool(weighted), coff, cpix,
+                  np.ascontiguousarray(det.parent, np.int64),
                   np.ascontiguousarray(objs["x"], np.float64),
                   np.ascontiguousarray(objs["y"], np.float64),
-                  int(params["DEBLEND_NTHRESH"]), rng, out_off, out_idx, centre, ok, ncalls)
-    return out_off, out_idx, centre, {"reshared": int(np.count_nonzero(ok == 1)),
-                                      "kept": int(np.count_nonzero(ok == 0)),
-                                      "kept_index": np.flatnonzero(ok == 0),
-                                      "rand_calls": int(ncalls.sum())}
+                  int(params["DEBLEND_NTHRESH"]), rng, out_off, out_idx, out_q, centre, ok,
+                  ncalls)
+    return out_off, out_idx, out_q, centre, {"reshared": int(np.count_nonzero(ok == 1)),
+                                             "kept": int(np.count_nonzero(ok == 0)),
+                                             "kept_index": np.flatnonzero(ok == 0),
+                                             "rand_calls": int(ncalls.sum())}

@@ -21,9 +21,12 @@ threads (`galseg.extract._parallel`), sep on horizontal strips in forked
 processes when it has much to do (`galseg.extract.detect.detect`), so that a
 whole run costs a fraction of SExtractor's time.  Memory is the other budget:
 the science and rms arrays are used as they are whenever SExtractor would not
-change them (float32, zero ``BACK_VALUE``, no masked or unusable pixel), and
-besides them a run holds at most the filtered image, the threshold map, the
-segmentation map and byte maps (~4 float32 frames).
+change them (float32, zero ``BACK_VALUE``, no masked or unusable pixel); the
+filtered image and the threshold map exist only a strip of rows at a time
+(`galseg.extract.detect.detect_streaming`), so that besides the inputs a run
+holds the segmentation map and byte maps (~2 float32 frames).  On a virtual
+machine every fresh page of memory costs a page fault, 2-13 us each: at
+8192 x 8192 a frame not made is 0.1-0.8 s saved.
 
 ``method="sextractor"`` runs the SExtractor binary
 (:mod:`galseg.extract.backends.sextractor`) and ``method="photutils"`` the
@@ -32,7 +35,6 @@ photutils backend (:mod:`galseg.extract.backends.photutils`).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +48,8 @@ from ._kernels import PF_BLANK, PF_MERGED, PF_STUCK
 from ._parallel import readonly
 from .background import BIG, BackgroundResult, estimate_background, mesh_statistics
 from .clean import analyse_detections, clean_and_order, strip_geometry
-from .detect import _filter, detect, detection_kernel, sextractor_pixel_lists, threshold_map
+from .detect import _filter, detect, detect_streaming, detection_kernel, sextractor_pixel_lists, \
+    threshold_map
 from .params import Params
 from .result import ExtractionResult
 from .weights import WEIGHT_TYPES, _count_ge, _noise, _scan_rms, _set_where, _variance, \
@@ -110,9 +113,10 @@ class Sources:
         absolute rms without unusable pixels).
     background : BackgroundResult
     filtered : ndarray of float32 or None
-        The filtered detection image (None when not kept).
+        The filtered detection image (`detect_sources`; None from `run`,
+        which makes it a strip at a time).
     thresh : float or ndarray of float32 or None
-        Detection threshold (per pixel, or constant; None when not kept).
+        Detection threshold (per pixel, or constant; None from `run`).
     mask : ndarray of bool
         Pixels with no usable data (user mask, non-finite science value); a
         read-only all-False view when there are none.
@@ -454,25 +458,14 @@ def _prepare(sci, *, rms=None, wht=None, var=None, params, mask=None) -> _Prepar
                      sigfac, sigfac_measured, bkg, n_interp, timings)
 
 
-def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, mask=None,
-                    keep_maps=True):
-    if not isinstance(params, Params):
-        params = Params(params)
-    prep = _prepare(sci, rms=rms, wht=wht, var=var, params=params, mask=mask)
-    data, hard, wtype, rms_direct, varmap = (prep.data, prep.hard, prep.wtype, prep.rms_direct,
-                                             prep.varmap)
-    backsig, image_mesh, bkg, timings = prep.backsig, prep.image_mesh, prep.bkg, prep.timings
-    shape = data.shape
-    height = shape[0]
-
-    # ---- filtering and threshold
-    t2 = time.perf_counter()
-    kernel = detection_kernel(params)
+def _detection_maps(prep, kernel, params):
+    """The filtered detection image and the threshold (map or constant) as
+    full frames (SExtractor's ``FILTERED`` image and its threshold)."""
+    data, rms_direct, varmap = prep.data, prep.rms_direct, prep.varmap
     # (without a filter the detection image is the data itself: nothing
     # downstream writes to either)
     filtered = _filter(data, kernel) if kernel is not None else data
-    weighted = prep.weighted
-    if weighted and params["THRESH_TYPE"].upper() != "ABSOLUTE":
+    if prep.weighted and params["THRESH_TYPE"].upper() != "ABSOLUTE":
         tfac = float(np.float32(params["DETECT_THRESH"]))
         if kernel is not None and tfac > 0.0:
             # filtered variance and threshold in one pass
@@ -482,22 +475,54 @@ def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, m
             fvar = (_filter(rms_direct, kernel, square=True) if varmap is None
                     else _filter(varmap, kernel))
             thresh = threshold_map(params, fvar=fvar, out=fvar)
+        elif varmap is None:
+            var, _nodata, _nbad = _variance(prep.wtype, rms_direct, want_nodata=False)
+            thresh = threshold_map(params, fvar=var, out=var)
         else:
-            if varmap is None:
-                varmap, _nodata, _nbad = _variance(wtype, rms_direct, want_nodata=False)
-                thresh = threshold_map(params, fvar=varmap, out=varmap)
-                varmap = None
-            else:
-                thresh = threshold_map(params, fvar=varmap)
+            thresh = threshold_map(params, fvar=varmap)
     else:
-        thresh = threshold_map(params, backsig=backsig)
-    del varmap
-    rmsmap = prep.noise_map()
-    timings["filter"] = time.perf_counter() - t2
+        thresh = threshold_map(params, backsig=prep.backsig)
+    return filtered, thresh
 
-    # ---- segmentation + deblending (sep)
+
+def _streaming(prep, kernel, params):
+    """`detect_streaming`'s arguments (the filtered image and threshold made a
+    strip at a time), or None where `_detection_maps` must make them whole
+    (no filter; a threshold factor <= 0)."""
+    if kernel is None:
+        return None
+    if prep.weighted and params["THRESH_TYPE"].upper() != "ABSOLUTE":
+        tfac = float(np.float32(params["DETECT_THRESH"]))
+        if not tfac > 0.0:
+            return None
+        square = prep.varmap is None
+        return {"noise": prep.rms_direct if square else prep.varmap, "square": square,
+                "thresh_factor": tfac}
+    return {"thresh": threshold_map(params, backsig=prep.backsig)}
+
+
+def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, mask=None,
+                    keep_maps=True):
+    if not isinstance(params, Params):
+        params = Params(params)
+    prep = _prepare(sci, rms=rms, wht=wht, var=var, params=params, mask=mask)
+    data, hard, wtype = prep.data, prep.hard, prep.wtype
+    backsig, image_mesh, bkg, timings = prep.backsig, prep.image_mesh, prep.bkg, prep.timings
+    shape = data.shape
+    height = shape[0]
+
+    # ---- filtering, threshold, segmentation + deblending (sep)
+    t2 = time.perf_counter()
+    kernel = detection_kernel(params)
+    weighted = prep.weighted
+    stream = None if keep_maps else _streaming(prep, kernel, params)
+    filtered = thresh = None
+    if stream is None:
+        filtered, thresh = _detection_maps(prep, kernel, params)
+    timings["filter"] = time.perf_counter() - t2  # (streaming: filtering is detection's)
     t3 = time.perf_counter()
-    det = detect(filtered, thresh, params)
+    det = (detect(filtered, thresh, params) if stream is None
+           else detect_streaming(data, kernel, params, **stream))
     timings["detect"] = time.perf_counter() - t3
 
     # ---- SExtractor's pixel lists and sharing, analysis, CLEAN and order
@@ -505,19 +530,23 @@ def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, m
     from .measure import resolve_gain_saturation
 
     gain, satur = resolve_gain_saturation(params, header)
-    off, idx, centre, share = sextractor_pixel_lists(det, data, params, weighted=weighted)
+    *lists, centre, share = sextractor_pixel_lists(det, data, params, weighted=weighted)
     if det.strips and share["kept"] and (det.parent_ymin[share["kept_index"]]
                                          > det.strips[0]).any():
         # sep's own random sharing is kept for some children of a strip that
         # sep did not scan first: only a single run draws its numbers in
         # the whole image's order
-        del off, idx, centre, det
+        del lists, centre, det
+        if filtered is None:
+            filtered, thresh = _detection_maps(prep, kernel, params)
         det = detect(filtered, thresh, params, strips=1)
-        off, idx, centre, share = sextractor_pixel_lists(det, data, params, weighted=weighted)
+        *lists, centre, share = sextractor_pixel_lists(det, data, params, weighted=weighted)
+    if not keep_maps:
+        filtered = thresh = None
     props = analyse_detections(det, data, params, backsig=backsig, mesh=image_mesh,
-                               pixel_lists=(off, idx), centre=centre, gain=gain,
+                               pixel_lists=lists, centre=centre, gain=gain,
                                weighted=weighted)
-    del off, idx, centre
+    del lists, centre
     maxarea = int(params["DETECT_MAXAREA"])
     if maxarea > 0 and len(props) and (props["fdnpix"] > maxarea).any():
         # SExtractor skips these after deblending: not catalogued, not in the map
@@ -533,17 +562,12 @@ def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, m
     ndetect = len(det.objects)
     share["pixstack"], share["sub_object_limit"] = det.pixstack, det.sub_object_limit
     share["strips"] = det.strips
-    det_thresh = thresh
+    thresh_meta = det.threshold
     del det, props
+    # (after detection: it turns the variance map into the rms map in place)
+    rmsmap = prep.noise_map()
     timings["clean"] = time.perf_counter() - t4
 
-    if np.ndim(det_thresh) == 0:
-        thresh_meta = float(det_thresh)
-    else:
-        # a sample: the median of a full-frame map costs a sort of the image
-        step = max(1, int(math.sqrt(det_thresh.size / 1e6)))
-        sample = det_thresh[::step, ::step]
-        thresh_meta = {"min": float(np.min(det_thresh)), "median": float(np.median(sample))}
     meta = {
         "backend": "sep",
         "sep_version": sep.__version__,
@@ -573,11 +597,9 @@ def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, m
         "sub_object_limit": int(share["sub_object_limit"]),
         "timings": timings,
     }
-    if not keep_maps:
-        filtered = det_thresh = None
     mask_out = np.broadcast_to(np.False_, shape) if hard is None else hard
     return Sources(segmap, objects, pixel_flags, readonly(data), readonly(rmsmap), bkg,
-                   filtered, det_thresh, mask_out, meta)
+                   filtered, thresh, mask_out, meta)
 
 
 def _iso_pb(det, params, height, kernel_height):

@@ -261,25 +261,21 @@ def _share(st: _State, params, states: dict[int, np.ndarray] | None):
 
     Returns
     -------
-    offsets, index, centre, ncalls, ok : ndarrays
-        The CSR pixel lists, core barycentres, the number of draws of each
-        detection (on its first object) and the sharing status per object.
+    offsets, index, chain_index, centre, ncalls, ok : ndarrays
+        The CSR pixel lists (pixels and their places in ``det.chain_pix``),
+        core barycentres, the number of draws of each detection (on its first
+        object) and the sharing status per object.
     """
     det = st.det
     objs = det.objects
     n = len(objs)
     width = det.segmap.shape[1]
     if n == 0:
-        return (np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros((0, 2)),
-                np.zeros(0, np.int64), np.zeros(0, np.int64))
-    thr = det.thresh
-    thr_is_map = np.ndim(thr) == 2
-    thr_flat = (np.ascontiguousarray(thr, dtype=np.float32).reshape(-1) if thr_is_map
-                else np.full(1, thr, np.float32))
+        return (np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64))
     seg = det.segmap.reshape(-1)
     if not np.shares_memory(seg, det.segmap):
         raise RuntimeError("segmentation map must be C-contiguous")
-    cd = det.filtered.reshape(-1)
     data = np.ascontiguousarray(st.data, np.float32).reshape(-1)
     coff, cpix = det.chain_off, det.chain_pix
     pk = np.ascontiguousarray(det.parent, np.int64)
@@ -296,6 +292,7 @@ def _share(st: _State, params, states: dict[int, np.ndarray] | None):
     chain_size = coff[1:] - coff[:-1]
     out_off = np.zeros(n + 1, np.int64)
     out_idx = np.zeros(int(coff[-1]), np.int64)
+    out_q = np.zeros(int(coff[-1]), np.int64)
     centre = np.full((n, 2), np.nan)
     ok = np.zeros(n, np.int64)
     ncalls = np.zeros(n, np.int64)
@@ -315,15 +312,16 @@ def _share(st: _State, params, states: dict[int, np.ndarray] | None):
             seg[pix] = np.where(lab > 0, lab - a, 0)  # labels local to the call
         else:
             rng = _srand(1)
-        _share_pixels(seg, width, cd, data, thr_flat, thr_is_map, weighted, coff, cpix,
-                      pk[a:b], objx[a:b], objy[a:b], xn, rng, o_off,
-                      out_idx[fill:fill + size], centre[a:b], ok[a:b], ncalls[a:b])
+        _share_pixels(seg, width, det.chain_filtered, data, det.chain_thresh, weighted, coff,
+                      cpix, pk[a:b], objx[a:b], objy[a:b], xn, rng, o_off,
+                      out_idx[fill:fill + size], out_q[fill:fill + size], centre[a:b], ok[a:b],
+                      ncalls[a:b])
         if is_multi:
             lab = seg[pix]
             seg[pix] = np.where(lab > 0, lab + a, 0)
         out_off[a:b + 1] = o_off + fill
         fill += int(o_off[-1])
-    return out_off, out_idx[:fill], centre, ncalls, ok
+    return out_off, out_idx[:fill], out_q[:fill], centre, ncalls, ok
 
 
 # --------------------------------------------------------------------------- round 1
@@ -375,7 +373,7 @@ def scan_window(task: ScanTask) -> ScanResult:
     """Round 1 task body (see the module docstring)."""
     ctx, win = task.ctx, task.win
     st = _extract(ctx, win)
-    _, _, _, ncalls, _ = _share(st, ctx.params, None)
+    *_, ncalls, _ = _share(st, ctx.params, None)
     owned = _owned(ctx, st)
     off = np.array([win.y0, win.y0, win.x0, win.x0])
     gboxes = st.boxes[:, :4] + off
@@ -489,9 +487,9 @@ def analyse_window(task: AnalyseTask) -> AnalyseResult:
         raise RuntimeError(f"window {win.index}: {missing} owned detection(s) not found "
                            "complete on the second pass (internal error)")
     states = {int(c): task.states[int(r)] for c, r in zip(wc, row) if task.has_state[r]}
-    off, idx, centre, _, ok = _share(st, ctx.params, states)
+    off, idx, chain, centre, _, ok = _share(st, ctx.params, states)
     props = analyse_detections(st.det, st.data, ctx.params, backsig=ctx.glob.backsig,
-                               mesh=ctx.glob.image_mesh, pixel_lists=(off, idx),
+                               mesh=ctx.glob.image_mesh, pixel_lists=(off, idx, chain),
                                centre=centre, gain=ctx.gain, weighted=st.weighted)
     det = st.det
     # owned objects, with their global index
