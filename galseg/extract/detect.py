@@ -252,6 +252,41 @@ def _sample_rows(j0, j1, noise, kernel, square, tfac, step, out):
             out[j, i] = row[i * step]
 
 
+@numba.njit(cache=True, nogil=True)
+def _correlate_at(image, kernel, y, x, square):
+    """One pixel of `_correlate` (the same single-precision terms, in the
+    same order: the same value, bit for bit)."""
+    height, width = image.shape
+    kh, kw = kernel.shape
+    acc = np.float32(0.0)
+    for r in range(kh):
+        yy = y + r - kh // 2
+        if yy < 0 or yy >= height:
+            continue
+        for c in range(kw):
+            xx = x + c - kw // 2
+            if xx < 0 or xx >= width:
+                continue
+            v = image[yy, xx]
+            acc += kernel[r, c] * (v * v if square else v)
+    return acc
+
+
+@numba.njit(cache=True, nogil=True)
+def _values_at(j0, j1, pix, data, noise, kernel, square, tfac, fv, tv):
+    """The filtered image and (with a ``noise`` map that has rows) the
+    threshold at the flat pixels ``pix[j0:j1]``."""
+    width = data.shape[1]
+    use_map = noise.shape[0] > 0
+    for j in range(j0, j1):
+        y = pix[j] // width
+        x = pix[j] - y * width
+        fv[j] = _correlate_at(data, kernel, y, x, False)
+        if use_map:
+            v = np.float64(_correlate_at(noise, kernel, y, x, square))
+            tv[j] = np.float32(tfac * math.sqrt(v)) if v >= 0.0 else np.float32(np.nan)
+
+
 def _summary(thresh_sample, thresh_min):
     return {"min": float(thresh_min), "median": float(np.median(thresh_sample))}
 
@@ -503,10 +538,21 @@ class _Frames:
     def buffers(self, rows):
         return None
 
-    def rows(self, a, b, buffers):
-        """Rows ``a..b-1``: the filtered image and the threshold (map or
-        constant), both views."""
-        return self.image[a:b], (self.tconst if self.thr is None else self.thr[a:b])
+    def rows(self, a, b, buffers, pix):
+        """Rows ``a..b-1`` of the filtered image and the threshold (map or
+        constant), both views, and their values at the strip's flat pixels
+        ``pix``."""
+        image = self.image[a:b]
+        fv = image.reshape(-1)[pix]
+        if self.thr is None:
+            return image, self.tconst, fv, np.full(pix.size, self.tconst, np.float32)
+        thr = self.thr[a:b]
+        return image, thr, fv, thr.reshape(-1)[pix]
+
+    def release(self, image, thr, pix, tv):
+        """After sep: the threshold map's values at ``pix`` restored."""
+        if np.ndim(thr):
+            thr.reshape(-1)[pix] = tv
 
 
 class _Streamed:
@@ -555,20 +601,41 @@ class _Streamed:
                          self.square, self.tfac, step, sample)
         return _summary(sample, np.min(self.rowmin))
 
+    #: What sep sees off the detections: nothing is above it
+    _FILL_IMAGE, _FILL_THRESH = np.float32(-3.0e38), np.float32(3.0e38)
+
     def buffers(self, rows):
         width = self.shape[1]
-        return (np.empty((rows, width), np.float32),
-                None if self.noise is None else np.empty((rows, width), np.float32))
+        return (np.full((rows, width), self._FILL_IMAGE, np.float32),
+                None if self.noise is None else np.full((rows, width), self._FILL_THRESH,
+                                                        np.float32))
 
-    def rows(self, a, b, buffers):
+    def rows(self, a, b, buffers, pix):
+        """As `_Frames.rows`, with one difference: sep only needs the values
+        on the detections (it never looks at another pixel), so only they
+        are made, exactly (`_correlate_at`), and set in strip buffers that
+        hold, everywhere else, values that nothing exceeds."""
+        fv = np.empty(pix.size, np.float32)
+        tv = np.full(pix.size, np.float32(0.0) if self.tconst is None else self.tconst,
+                     np.float32)
+        noise = self.noise if self.noise is not None else _parallel.readonly(
+            np.zeros((0, 1), np.float32))
+        _parallel.ranges(_values_at, pix.size, 4096, pix + a * self.shape[1], self.data,
+                         noise, self.kernel, self.square, self.tfac, fv, tv)
         fbuf, tbuf = buffers
         image = fbuf[:b - a]
-        _filter_rows(self.data, self.kernel, a, image)
+        image.reshape(-1)[pix] = fv
         if self.noise is None:
-            return image, self.tconst
+            return image, self.tconst, fv, tv
         thr = tbuf[:b - a]
-        _filter_rows(self.noise, self.kernel, a, thr, self.square, self.tfac)
-        return image, thr
+        thr.reshape(-1)[pix] = tv
+        return image, thr, fv, tv
+
+    def release(self, image, thr, pix, tv):
+        """After sep: the strip buffers as they were."""
+        image.reshape(-1)[pix] = self._FILL_IMAGE
+        if np.ndim(thr):
+            thr.reshape(-1)[pix] = self._FILL_THRESH
 
 
 # ------------------------------------------------------------------ strips
@@ -689,25 +756,22 @@ def _run_strips(source, bounds, strips, chain_lo, chain_hi, coff, cpix, args):
         # bookkeeping); a larger one costs fresh memory at every call
         enough = int(detected[b] - detected[a]) + 64
         grow = (*sep_args, min(least_stack, enough), enough)
-        image, thr = source.rows(a, b, buffers)
         c0, c1 = coff[chain_lo[k]], coff[chain_hi[k]]
         pix = cpix[c0:c1] - a * width
-        fvals.append(image.reshape(-1)[pix])
-        if np.ndim(thr) == 0:
-            tvals.append(np.full(pix.size, thr, np.float32))
-            o, sseg, stack_k, sub_k = _extract_growing(image, float(thr), *grow)
-        else:
-            # Inside each detection, its minimum pixel threshold everywhere:
-            # sep then deblends from SExtractor's base level (module
-            # docstring); the pixels are restored afterwards.
-            flat = thr.reshape(-1)
-            tv = flat[pix]
-            tvals.append(tv)
-            _set_chain_minimum(coff[chain_lo[k]:chain_hi[k] + 1] - c0, pix, flat)
-            try:
-                o, sseg, stack_k, sub_k = _extract_growing(image, thr, *grow)
-            finally:
-                flat[pix] = tv
+        image, thr, fv, tv = source.rows(a, b, buffers, pix)
+        fvals.append(fv)
+        tvals.append(tv)
+        try:
+            if np.ndim(thr):
+                # Inside each detection, its minimum pixel threshold
+                # everywhere: sep then deblends from SExtractor's base level
+                # (module docstring)
+                _set_chain_minimum(coff[chain_lo[k]:chain_hi[k] + 1] - c0, pix,
+                                   thr.reshape(-1))
+            o, sseg, stack_k, sub_k = _extract_growing(
+                image, thr if np.ndim(thr) else float(thr), *grow)
+        finally:
+            source.release(image, thr, pix, tv)
         lab = _gather_labels(np.ascontiguousarray(sseg, dtype=np.int32), pix)
         del sseg
         if nobj:
