@@ -697,7 +697,7 @@ def _final_flag_maps(det, lut, swallowed, stuck=None):
     stuck_l = np.full(len(swl), height, np.int64)
     if stuck is not None:
         stuck_l[1:] = stuck
-    _flag_maps(segmap.reshape(-1), lut, swl, flags.reshape(-1), stuck_l, width)
+    _flag_maps(segmap.reshape(-1), det.chain_pix, lut, swl, flags.reshape(-1), stuck_l, width)
     return segmap, flags
 
 
@@ -776,13 +776,14 @@ def _assemble_objects(det, props, absorber, order, params, height, kernel_height
 
 
 @numba.njit(cache=True)
-def _flag_maps(seg, lut, swallowed, flags, stuck, width):
+def _flag_maps(seg, pixels, lut, swallowed, flags, stuck, width):
     """Relabel ``seg`` through ``lut``; ``flags`` (the detected pixels, 0/1)
     becomes the pixel-flag map: a swallowed detection's pixels are merged
     into their survivor (``PF_MERGED``) and not blanked, except from row
-    ``stuck[label]`` on (`stuck_rows`: ``PF_MERGED | PF_BLANK | PF_STUCK``)."""
-    n = seg.size
-    for i in range(n):
+    ``stuck[label]`` on (`stuck_rows`: ``PF_MERGED | PF_BLANK | PF_STUCK``).
+    Only the detections' ``pixels`` are labelled: the rest of the map is
+    not even read (its pages of zeros need not exist)."""
+    for i in pixels:
         v = seg[i]
         if v:
             seg[i] = lut[v]

@@ -542,7 +542,9 @@ class ProductEntry:
             raise ValueError(f"segmap must be 2-D, got shape {seg.shape}")
         if seg.dtype.kind not in "iu":
             raise TypeError(f"segmap must be an integer array, got dtype {seg.dtype}")
-        if seg.size and (seg.min() < 0 or seg.max() > np.iinfo(np.int32).max):
+        # (one pass over the map: an int32 map cannot exceed the bound)
+        if seg.size and (seg.min() < 0 or (np.iinfo(seg.dtype).max > np.iinfo(np.int32).max
+                                           and seg.max() > np.iinfo(np.int32).max)):
             raise ValueError("segmap values must lie in 0..2**31-1")
         bkg = np.asarray(result.background)
         if bkg.shape != seg.shape:
