@@ -337,7 +337,7 @@ def test_run_returns_consistent_result(xdf_inputs):
         assert ys.min() <= cat["Y_IMAGE"][i] - 1 <= ys.max()
     for key in ("weight_scale", "backsig", "detect_thresh", "timings", "sep_version", "nobj"):
         assert key in res.meta
-    assert {"background", "weights", "filter", "detect", "clean", "measure"} <= set(
+    assert {"background", "weights", "detect", "clean", "measure"} <= set(
         res.meta["timings"])
 
 

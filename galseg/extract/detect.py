@@ -61,6 +61,7 @@ __all__ = [
     "Detection",
     "detect",
     "detect_streaming",
+    "detect_image",
     "lutz_pixel_order",
     "sextractor_pixel_lists",
 ]
@@ -983,6 +984,67 @@ def detect_streaming(data, kernel, params, *, noise=None, square=False, thresh_f
     """
     return _detect(_Streamed(data, kernel, noise, square, thresh_factor, thresh), params,
                    strips)
+
+
+def detect_image(data, params, *, kernel, rms=None, var=None, backsig=None, keep_maps=False,
+                 strips=None):
+    """Filtering, threshold and detection of a background-subtracted image,
+    as SExtractor's ``scan.c``.
+
+    Parameters
+    ----------
+    data : 2-D ndarray of float32
+        The background-subtracted image (0 where masked; not modified).
+    params : Params
+        ``DETECT_THRESH``, ``THRESH_TYPE`` and `detect`'s parameters.
+    kernel : 2-D ndarray of float32 or None
+        The normalised detection kernel (`detection_kernel`; None: no filter).
+    rms, var : 2-D ndarray of float32, optional
+        The absolute noise, as rms or as variance (at most one): the
+        threshold is ``DETECT_THRESH * sqrt(filtered variance)``.  Neither:
+        no weight map, the constant ``DETECT_THRESH * backsig``.
+    backsig : float, optional
+        The global background rms (without a noise map).
+    keep_maps : bool
+        Make the filtered image and threshold map as full frames and return
+        them; otherwise they are made a strip at a time where that can be
+        done (`detect_streaming`: a filter, a threshold factor > 0).
+    strips : int, optional
+        As for `detect`; ``keep_maps`` with ``strips=1`` runs sep once on
+        the whole image.
+
+    Returns
+    -------
+    det : Detection
+    filtered, thresh : ndarray or float or None
+        The full-frame maps (None when they were streamed).
+    """
+    weighted = rms is not None or var is not None
+    if weighted and params["THRESH_TYPE"].upper() != "ABSOLUTE":
+        tfac = float(np.float32(params["DETECT_THRESH"]))
+        noise, square = (rms, True) if var is None else (var, False)
+        if kernel is not None and tfac > 0.0 and not keep_maps:
+            return (detect_streaming(data, kernel, params, noise=noise, square=square,
+                                     thresh_factor=tfac, strips=strips), None, None)
+        if kernel is not None and tfac > 0.0:
+            # filtered variance and threshold in one pass
+            thresh = _filter(noise, kernel, square=square, thresh_factor=tfac)
+        elif kernel is not None:
+            fvar = _filter(noise, kernel, square=square)
+            thresh = threshold_map(params, fvar=fvar, out=fvar)
+        elif square:
+            fvar = np.square(noise, dtype=np.float32)
+            thresh = threshold_map(params, fvar=fvar, out=fvar)
+        else:
+            thresh = threshold_map(params, fvar=noise)
+    else:
+        thresh = threshold_map(params, backsig=backsig)
+        if kernel is not None and not keep_maps:
+            return detect_streaming(data, kernel, params, thresh=thresh, strips=strips), None, None
+    # (without a filter the detection image is the data itself: nothing
+    # downstream writes to either)
+    filtered = _filter(data, kernel) if kernel is not None else data
+    return detect(filtered, thresh, params, strips=strips), filtered, thresh
 
 
 # --------------------------------------------------------------------------- Lutz pixel order

@@ -48,8 +48,7 @@ from ._kernels import PF_BLANK, PF_MERGED, PF_STUCK
 from ._parallel import readonly
 from .background import BIG, BackgroundResult, estimate_background, mesh_statistics
 from .clean import analyse_detections, clean_and_order, strip_geometry
-from .detect import _filter, detect, detect_streaming, detection_kernel, sextractor_pixel_lists, \
-    threshold_map
+from .detect import detect_image, detection_kernel, sextractor_pixel_lists
 from .params import Params
 from .result import ExtractionResult
 from .weights import WEIGHT_TYPES, _count_ge, _noise, _scan_rms, _set_where, _variance, \
@@ -458,49 +457,6 @@ def _prepare(sci, *, rms=None, wht=None, var=None, params, mask=None) -> _Prepar
                      sigfac, sigfac_measured, bkg, n_interp, timings)
 
 
-def _detection_maps(prep, kernel, params):
-    """The filtered detection image and the threshold (map or constant) as
-    full frames (SExtractor's ``FILTERED`` image and its threshold)."""
-    data, rms_direct, varmap = prep.data, prep.rms_direct, prep.varmap
-    # (without a filter the detection image is the data itself: nothing
-    # downstream writes to either)
-    filtered = _filter(data, kernel) if kernel is not None else data
-    if prep.weighted and params["THRESH_TYPE"].upper() != "ABSOLUTE":
-        tfac = float(np.float32(params["DETECT_THRESH"]))
-        if kernel is not None and tfac > 0.0:
-            # filtered variance and threshold in one pass
-            thresh = (_filter(rms_direct, kernel, square=True, thresh_factor=tfac)
-                      if varmap is None else _filter(varmap, kernel, thresh_factor=tfac))
-        elif kernel is not None:
-            fvar = (_filter(rms_direct, kernel, square=True) if varmap is None
-                    else _filter(varmap, kernel))
-            thresh = threshold_map(params, fvar=fvar, out=fvar)
-        elif varmap is None:
-            var, _nodata, _nbad = _variance(prep.wtype, rms_direct, want_nodata=False)
-            thresh = threshold_map(params, fvar=var, out=var)
-        else:
-            thresh = threshold_map(params, fvar=varmap)
-    else:
-        thresh = threshold_map(params, backsig=prep.backsig)
-    return filtered, thresh
-
-
-def _streaming(prep, kernel, params):
-    """`detect_streaming`'s arguments (the filtered image and threshold made a
-    strip at a time), or None where `_detection_maps` must make them whole
-    (no filter; a threshold factor <= 0)."""
-    if kernel is None:
-        return None
-    if prep.weighted and params["THRESH_TYPE"].upper() != "ABSOLUTE":
-        tfac = float(np.float32(params["DETECT_THRESH"]))
-        if not tfac > 0.0:
-            return None
-        square = prep.varmap is None
-        return {"noise": prep.rms_direct if square else prep.varmap, "square": square,
-                "thresh_factor": tfac}
-    return {"thresh": threshold_map(params, backsig=prep.backsig)}
-
-
 def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, mask=None,
                     keep_maps=True):
     if not isinstance(params, Params):
@@ -515,15 +471,13 @@ def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, m
     t2 = time.perf_counter()
     kernel = detection_kernel(params)
     weighted = prep.weighted
-    stream = None if keep_maps else _streaming(prep, kernel, params)
-    filtered = thresh = None
-    if stream is None:
-        filtered, thresh = _detection_maps(prep, kernel, params)
-    timings["filter"] = time.perf_counter() - t2  # (streaming: filtering is detection's)
-    t3 = time.perf_counter()
-    det = (detect(filtered, thresh, params) if stream is None
-           else detect_streaming(data, kernel, params, **stream))
-    timings["detect"] = time.perf_counter() - t3
+
+    def detection(**kw):
+        return detect_image(data, params, kernel=kernel, rms=prep.rms_direct, var=prep.varmap,
+                            backsig=backsig, **kw)
+
+    det, filtered, thresh = detection(keep_maps=keep_maps)
+    timings["detect"] = time.perf_counter() - t2
 
     # ---- SExtractor's pixel lists and sharing, analysis, CLEAN and order
     t4 = time.perf_counter()
@@ -537,9 +491,7 @@ def _detect_sources(sci, *, rms=None, wht=None, var=None, params, header=None, m
         # sep did not scan first: only a single run draws its numbers in
         # the whole image's order
         del lists, centre, det
-        if filtered is None:
-            filtered, thresh = _detection_maps(prep, kernel, params)
-        det = detect(filtered, thresh, params, strips=1)
+        det, filtered, thresh = detection(keep_maps=True, strips=1)
         *lists, centre, share = sextractor_pixel_lists(det, data, params, weighted=weighted)
     if not keep_maps:
         filtered = thresh = None

@@ -39,7 +39,7 @@ import numpy as np
 from ..extract.background import BIG, MeshStatistics
 from ..extract.clean import analyse_detections
 from ..extract.detect import _glibc_srand as _srand
-from ..extract.detect import _share_pixels, detect, filter_image, threshold_map
+from ..extract.detect import _share_pixels, detect_image
 from ..extract.params import Params
 from ..extract.weights import interpolate_bad, noise_map, rescale_variance
 from .background import GlobalBackground, background_window, prepare_pixels
@@ -181,18 +181,8 @@ def _extract(ctx: TileContext, win: Window) -> _State:
         rms = np.full(data.shape, F32(glob.backsig), dtype=np.float32)
         rms[hard] = np.inf
     data[hard] = 0.0
-    kernel = ctx.kernel
-    filtered = filter_image(data, kernel) if kernel is not None else data
     weighted = varmap is not None
-    if weighted and params["THRESH_TYPE"].upper() != "ABSOLUTE":
-        if kernel is not None:
-            fvar = filter_image(varmap, kernel)
-            thresh = threshold_map(params, fvar=fvar, out=fvar)
-        else:
-            thresh = threshold_map(params, fvar=varmap)
-    else:
-        thresh = threshold_map(params, backsig=glob.backsig)
-    det = detect(filtered, thresh, params)
+    det, _, _ = detect_image(data, params, kernel=ctx.kernel, var=varmap, backsig=glob.backsig)
 
     h, w = ctx.shape
     boxes = _chain_boxes(det.chain_off, det.chain_pix, data.shape[1])
