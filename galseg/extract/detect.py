@@ -204,15 +204,9 @@ def _filter(image, kernel, square=False, out=None, thresh_factor=0.0):
     k = _parallel.readonly(np.ascontiguousarray(kernel, dtype=np.float32))
     if out is None:
         out = np.empty(img.shape, np.float32)
-    _filter_rows(img, k, 0, out, square, thresh_factor)
+    _parallel.ranges(_correlate, img.shape[0], 64, img, k, out, bool(square),
+                     float(thresh_factor), 0)
     return out
-
-
-def _filter_rows(image, kernel, y0, out, square=False, thresh_factor=0.0):
-    """Image rows ``y0 .. y0 + len(out) - 1`` of `_filter` into ``out``
-    (``image`` and ``kernel``: read-only C-contiguous float32)."""
-    _parallel.ranges(_correlate, out.shape[0], 64, image, kernel, out, bool(square),
-                     float(thresh_factor), int(y0))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -952,9 +946,10 @@ def detect_streaming(data, kernel, params, *, noise=None, square=False, thresh_f
                      thresh=None, strips=None):
     """`detect` on ``data`` filtered with ``kernel``, without full-frame maps.
 
-    The filtered image and the threshold map are made a strip of rows at a
-    time (`STREAM_STRIP_PIXELS`), once to find the detected pixels and once
-    for sep on each strip that holds detections, so that a run holds neither
+    The filtered image and the threshold map are made a row at a time to
+    find the detected pixels; sep then runs on strips of rows
+    (`STREAM_STRIP_PIXELS`) that hold the two maps' values on the
+    detections only (made pixel by pixel), so that a run holds neither map
     as a full frame: at 8192 x 8192 that is 0.5 GB less memory to touch.
     The result is that of `detect` on the full maps, bit for bit.
 
