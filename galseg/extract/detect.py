@@ -639,8 +639,10 @@ class _Streamed:
 _SEP_COST_PIXEL = 1.3e-9
 _SEP_COST_DETECTED = 5.7e-7
 #: Least estimated sep time (s) worth running strips in forked processes
-#: (forking a process holding several full-frame arrays costs ~0.1 s).
-STRIP_MIN_SECONDS = 0.4
+#: (forking a process that holds the inputs and the segmentation map costs
+#: ~0.05 s at 8192 x 8192; sep on the deep benchmark field, estimated 0.25 s,
+#: takes 0.6 s in one process and 0.46 s in two).
+STRIP_MIN_SECONDS = 0.15
 #: Pixels per strip of `detect_streaming` (its filtered image and threshold
 #: never exist for more rows at a time): 2**21 float32 pixels, 8 MB.
 STREAM_STRIP_PIXELS = 1 << 21
