@@ -237,17 +237,6 @@ def _above_rows(j0, j1, image, noise, kernel, square, tfac, tconst, above, rowmi
 
 
 @numba.njit(cache=True, nogil=True)
-def _sample_rows(j0, j1, noise, kernel, square, tfac, step, out):
-    """``out[j] = threshold[j * step, ::step]`` for ``j0 <= j < j1``."""
-    t = np.empty((1, noise.shape[1]), np.float32)
-    for j in range(j0, j1):
-        _correlate(0, 1, noise, kernel, t, square, tfac, j * step)
-        row = t[0]
-        for i in range(out.shape[1]):
-            out[j, i] = row[i * step]
-
-
-@numba.njit(cache=True, nogil=True)
 def _correlate_at(image, kernel, y, x, square):
     """One pixel of `_correlate` (the same single-precision terms, in the
     same order: the same value, bit for bit)."""
@@ -282,13 +271,23 @@ def _values_at(j0, j1, pix, data, noise, kernel, square, tfac, fv, tv):
             tv[j] = np.float32(tfac * math.sqrt(v)) if v >= 0.0 else np.float32(np.nan)
 
 
+@numba.njit(cache=True, nogil=True)
+def _sample_at(j0, j1, noise, kernel, square, tfac, step, out):
+    """``out[j] = threshold[j * step, ::step]`` for ``j0 <= j < j1``, pixel by
+    pixel (`_correlate_at`)."""
+    for j in range(j0, j1):
+        for i in range(out.shape[1]):
+            v = np.float64(_correlate_at(noise, kernel, j * step, i * step, square))
+            out[j, i] = np.float32(tfac * math.sqrt(v)) if v >= 0.0 else np.float32(np.nan)
+
+
 def _summary(thresh_sample, thresh_min):
     return {"min": float(thresh_min), "median": float(np.median(thresh_sample))}
 
 
 def _sample_step(shape):
     # a sample: the median of a full-frame map costs a sort of the image
-    return max(1, int(math.sqrt(shape[0] * shape[1] / 1e6)))
+    return max(1, int(math.sqrt(shape[0] * shape[1] / 2.5e5)))
 
 
 @numba.njit(cache=True)
@@ -592,7 +591,7 @@ class _Streamed:
         height, width = self.shape
         sample = np.empty(((height + step - 1) // step, (width + step - 1) // step),
                           np.float32)
-        _parallel.ranges(_sample_rows, sample.shape[0], 16, self.noise, self.kernel,
+        _parallel.ranges(_sample_at, sample.shape[0], 16, self.noise, self.kernel,
                          self.square, self.tfac, step, sample)
         return _summary(sample, np.min(self.rowmin))
 
