@@ -26,8 +26,8 @@ minimum), only the level that sep averages.
 Like SExtractor, which filters and detects in a buffer of image lines,
 `detect_streaming` never makes either map as a full frame: it finds the
 detected pixels a row at a time, cuts the image between detections into
-strips, and runs sep on each strip's freshly made rows, keeping only the
-maps' values on the detected pixels (`Detection.chain_filtered`).
+strips, and runs sep on strips that hold the maps' values on the detections
+only, which is all that is kept of them (`Detection.chain_filtered`).
 
 Two things SExtractor does depend on the *order* of each detection's linked
 pixel list: its CLEAN level (an order-dependent heap selection) and the
@@ -377,8 +377,8 @@ class Detection:
         The rows at which the image was cut to run sep on horizontal strips
         (empty: one run); no detection crosses them.
     threshold : float or dict
-        The detection threshold: the constant, or the map's ``min`` and
-        ``median`` (on a regular sample of pixels).
+        The detection threshold: the constant, or the map's ``min`` and its
+        ``median`` on a regular sample of ~250,000 pixels.
     """
 
     objects: np.ndarray
