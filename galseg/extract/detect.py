@@ -550,8 +550,10 @@ class _Frames:
 
 
 class _Streamed:
-    """The filtered image and threshold of `detect_streaming`, made a strip of
-    rows at a time from the image and its noise map (`_correlate`)."""
+    """The filtered image and threshold of `detect_streaming`, made from the
+    image and its noise map a row at a time to find the detected pixels
+    (`_above_rows`), then on the detected pixels only, for sep
+    (`_values_at`)."""
 
     streams = True
 
@@ -572,19 +574,22 @@ class _Streamed:
         self.square = bool(square)
         self.tfac = float(thresh_factor)
 
+    def _noise_arg(self):
+        # the kernels' "no noise map": an array without rows (one compiled type)
+        return self.noise if self.noise is not None else _parallel.readonly(
+            np.zeros((0, 1), np.float32))
+
     def above(self):
         above = np.empty(self.shape, np.bool_)
-        noise = self.noise if self.noise is not None else _parallel.readonly(
-            np.zeros((0, 1), np.float32))
         tconst = np.float32(0.0) if self.tconst is None else self.tconst
         self.rowmin = np.zeros(self.shape[0], np.float32)
-        _parallel.ranges(_above_rows, self.shape[0], 64, self.data, noise, self.kernel,
-                         self.square, self.tfac, tconst, above, self.rowmin)
+        _parallel.ranges(_above_rows, self.shape[0], 64, self.data, self._noise_arg(),
+                         self.kernel, self.square, self.tfac, tconst, above, self.rowmin)
         return above
 
     def threshold(self):
-        """As `_Frames.threshold`, from `above`'s row minima and the sample
-        rows made again."""
+        """As `_Frames.threshold`: the minimum from `above`'s row minima, the
+        sample made again pixel by pixel."""
         if self.noise is None:
             return float(self.tconst)
         step = _sample_step(self.shape)
@@ -612,10 +617,8 @@ class _Streamed:
         fv = np.empty(pix.size, np.float32)
         tv = np.full(pix.size, np.float32(0.0) if self.tconst is None else self.tconst,
                      np.float32)
-        noise = self.noise if self.noise is not None else _parallel.readonly(
-            np.zeros((0, 1), np.float32))
         _parallel.ranges(_values_at, pix.size, 4096, pix + a * self.shape[1], self.data,
-                         noise, self.kernel, self.square, self.tfac, fv, tv)
+                         self._noise_arg(), self.kernel, self.square, self.tfac, fv, tv)
         fbuf, tbuf = buffers
         image = fbuf[:b - a]
         image.reshape(-1)[pix] = fv
