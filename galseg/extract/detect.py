@@ -711,13 +711,22 @@ def _cuts_every(free, lo, hi, rows):
 
 
 @numba.njit(cache=True)
-def _gather_labels(seg, pix):
-    """Labels of a strip's segmentation map at its flat pixels ``pix``."""
+def _gather_labels(sseg, pix, offset):
+    """A strip's labels at its flat pixels ``pix``, ``+ offset`` where labelled."""
     out = np.empty(pix.size, np.int32)
-    flat = seg.reshape(-1)
     for q in range(pix.size):
-        out[q] = flat[pix[q]]
+        v = sseg[pix[q]]
+        out[q] = v + offset if v else 0
     return out
+
+
+@numba.njit(cache=True)
+def _copy_labels(sseg, pix, seg, base, offset):
+    """`_gather_labels` straight into the whole image's (flat) map, where the
+    strip starts at flat index ``base``."""
+    for q in range(pix.size):
+        v = sseg[pix[q]]
+        seg[base + pix[q]] = v + offset if v else 0
 
 
 @numba.njit(cache=True)
@@ -731,15 +740,17 @@ def _scatter_labels(seg, pix, labels, offset):
 _Y_FIELDS = ("y", "ymin", "ymax", "ycpeak", "ypeak")
 
 
-def _run_strips(source, bounds, strips, chain_lo, chain_hi, coff, cpix, args):
+def _run_strips(source, bounds, strips, chain_lo, chain_hi, coff, cpix, args, seg=None):
     """sep on the given strips one after the other (strip ``k``: rows
     ``bounds[k]..bounds[k + 1]``); a strip without a detection is skipped.
     ``args``: sep's settings, the least pixel stack and the cumulative
     count of detected pixels per row (a strip's stack need not hold more).
 
     Returns sep's objects (image rows), the labels of the strips'
-    detections' pixels (numbered from 1 across these strips), the filtered
-    image and the original threshold on those pixels, and sep's limits.
+    detections' pixels (numbered from 1 across these strips; written into
+    the whole image's map ``seg`` instead, and None, when it is given), the
+    filtered image and the original threshold on those pixels, and sep's
+    limits.
     """
     width = source.shape[1]
     *sep_args, least_stack, detected = args
@@ -771,34 +782,37 @@ def _run_strips(source, bounds, strips, chain_lo, chain_hi, coff, cpix, args):
                 image, thr if np.ndim(thr) else float(thr), *grow)
         finally:
             source.release(image, thr, pix, tv)
-        lab = _gather_labels(np.ascontiguousarray(sseg, dtype=np.int32), pix)
+        sseg = np.ascontiguousarray(sseg, dtype=np.int32).reshape(-1)
+        if seg is None:
+            labels.append(_gather_labels(sseg, pix, nobj))
+        else:
+            _copy_labels(sseg, pix, seg.reshape(-1), a * width, nobj)
         del sseg
-        if nobj:
-            lab[lab > 0] += nobj
         if a:
             o = o.copy()
             for f in _Y_FIELDS:
                 o[f] += a
         objs.append(o)
-        labels.append(lab)
         nobj += len(o)
         stack, sublim = max(stack, stack_k), max(sublim, sub_k)
     if not objs:
         return None
-    return (np.concatenate(objs), np.concatenate(labels), np.concatenate(fvals),
-            np.concatenate(tvals), stack, sublim)
+    return (np.concatenate(objs), np.concatenate(labels) if seg is None else None,
+            np.concatenate(fvals), np.concatenate(tvals), stack, sublim)
 
 
-def _run_groups(source, bounds, groups, chain_lo, chain_hi, coff, cpix, args):
-    """`_run_strips` on each group of strips, the first in this process and
-    the others in forked child processes at the same time (their results
-    come back through pipes: only the detections' pixels, not maps)."""
+def _run_groups(source, bounds, groups, chain_lo, chain_hi, coff, cpix, args, seg):
+    """`_run_strips` on each group of strips, the first in this process (its
+    labels straight into ``seg``, while the children work) and the others in
+    forked child processes at the same time (their results come back through
+    pipes: only the detections' pixels, not maps)."""
     import gc
     import pickle
     import warnings
 
-    def run(g):
-        return _run_strips(source, bounds, groups[g], chain_lo, chain_hi, coff, cpix, args)
+    def run(g, seg=None):
+        return _run_strips(source, bounds, groups[g], chain_lo, chain_hi, coff, cpix, args,
+                           seg)
 
     children = []
     for g in range(1, len(groups)):
@@ -823,7 +837,7 @@ def _run_groups(source, bounds, groups, chain_lo, chain_hi, coff, cpix, args):
 
     parts = {}
     try:
-        parts[0] = run(0)
+        parts[0] = run(0, seg)
     finally:
         for g, pid, rfd in children:
             chunks = []
@@ -890,10 +904,10 @@ def _detect(source, params, strips):
     # detections of each strip (completion order: by last row), as chain ranges
     first = np.searchsorted(ymax, np.asarray(bounds[1:-1], np.int64), side="left").tolist()
     chain_lo, chain_hi = [0, *first], [*first, len(coff) - 1]
-    parts = _run_groups(source, bounds, groups, chain_lo, chain_hi, coff, cpix, args)
-
     with _parallel.small_pages():  # filled only on the detected pixels (see small_pages)
         seg = np.zeros((height, width), np.int32)
+    parts = _run_groups(source, bounds, groups, chain_lo, chain_hi, coff, cpix, args, seg)
+
     chain_f = np.empty(cpix.size, np.float32)
     chain_t = np.empty(cpix.size, np.float32)
     objs = []
@@ -904,7 +918,8 @@ def _detect(source, params, strips):
             continue
         o, labels, fv, tv, stack_g, sub_g = part
         c0, c1 = coff[chain_lo[groups[g][0]]], coff[chain_hi[groups[g][-1]]]
-        _scatter_labels(seg, cpix[c0:c1], labels, offset)
+        if labels is not None:
+            _scatter_labels(seg, cpix[c0:c1], labels, offset)
         chain_f[c0:c1], chain_t[c0:c1] = fv, tv
         objs.append(o)
         offset += len(o)
