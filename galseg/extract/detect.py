@@ -670,15 +670,12 @@ def _free_rows(ymin, ymax, height):
     return free[(free > 0) & (free < height - 1)]
 
 
-def _strip_rows(cpix, ymin, ymax, shape, nstrips):
-    """Rows at which to cut the image into ``nstrips`` strips of similar work
-    (possibly fewer cuts than ``nstrips - 1``, none when no row is free: see
-    `_free_rows`)."""
+def _strip_rows(cpix, free, shape, nstrips):
+    """Rows at which to cut the image into ``nstrips`` strips of similar work,
+    among the ``free`` rows (`_free_rows`): possibly fewer cuts than
+    ``nstrips - 1``, none when no row is free."""
     height, width = shape
-    if nstrips < 2 or height < 8:
-        return ()
-    free = _free_rows(ymin, ymax, height)
-    if free.size == 0:
+    if nstrips < 2 or height < 8 or free.size == 0:
         return ()
     # sep's work: a scan of every pixel, and much more per detected pixel
     ratio = int(_SEP_COST_DETECTED / _SEP_COST_PIXEL)
@@ -718,15 +715,6 @@ def _gather_labels(sseg, pix, offset):
         v = sseg[pix[q]]
         out[q] = v + offset if v else 0
     return out
-
-
-@numba.njit(cache=True)
-def _copy_labels(sseg, pix, seg, base, offset):
-    """`_gather_labels` straight into the whole image's (flat) map, where the
-    strip starts at flat index ``base``."""
-    for q in range(pix.size):
-        v = sseg[pix[q]]
-        seg[base + pix[q]] = v + offset if v else 0
 
 
 @numba.njit(cache=True)
@@ -782,12 +770,12 @@ def _run_strips(source, bounds, strips, chain_lo, chain_hi, coff, cpix, args, se
                 image, thr if np.ndim(thr) else float(thr), *grow)
         finally:
             source.release(image, thr, pix, tv)
-        sseg = np.ascontiguousarray(sseg, dtype=np.int32).reshape(-1)
-        if seg is None:
-            labels.append(_gather_labels(sseg, pix, nobj))
-        else:
-            _copy_labels(sseg, pix, seg.reshape(-1), a * width, nobj)
+        lab = _gather_labels(np.ascontiguousarray(sseg, dtype=np.int32).reshape(-1), pix, nobj)
         del sseg
+        if seg is None:
+            labels.append(lab)
+        else:
+            _scatter_labels(seg, cpix[c0:c1], lab, 0)
         if a:
             o = o.copy()
             for f in _Y_FIELDS:
@@ -888,10 +876,10 @@ def _detect(source, params, strips):
              else max(int(strips), 1))
     # processes: strips of similar work; each process: strips of bounded
     # rows when the rows are made on the fly
-    proc_cuts = list(_strip_rows(cpix, ymin, ymax, source.shape, nproc)) if nproc > 1 else []
+    free = _free_rows(ymin, ymax, height)
+    proc_cuts = list(_strip_rows(cpix, free, source.shape, nproc)) if nproc > 1 else []
     lims = [0, *proc_cuts, height - 1]
     if source.streams:
-        free = _free_rows(ymin, ymax, height)
         rows = max(STREAM_STRIP_PIXELS // width, 16)
         cuts, groups = [], []
         for g in range(len(lims) - 1):
