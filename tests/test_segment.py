@@ -118,6 +118,73 @@ def test_other_config_is_kept_side_by_side(band):
     assert len(band.load_cat()) == default_n
 
 
+def test_rerun_takes_the_inputs_data_hashes_from_the_earlier_product(band, monkeypatch):
+    """A recomputation in a fresh process (overwrite, or other parameters)
+    does not read an input again for its full data hash when the file's stat
+    is the one an earlier product recorded; a file touched since is hashed
+    again (and its content still gives the same hash)."""
+    from galseg.products import fingerprint, store
+    from galseg.products.provenance import read_provenance
+
+    # the demo images are small: fingerprint them by samples, as large ones
+    monkeypatch.setattr(fingerprint, "_FULL_LIMIT", 4096)
+    for module in (fingerprint, store):  # inputs copied just now: trust their stat
+        monkeypatch.setattr(module, "RACY_NS", 0)
+    fingerprint.clear_fingerprint_cache()
+    band.segment()
+    first = read_provenance(band.seg_path)["inputs"]
+    assert {r: len(first[r]["data_sha256"]) for r in first} == {"sci": 64, "wht": 64}
+
+    hashed = []
+    real_hash_range = fingerprint._hash_range
+
+    def counting_hash_range(fd, start, nbytes):
+        hashed.append(nbytes)
+        return real_hash_range(fd, start, nbytes)
+
+    monkeypatch.setattr(fingerprint, "_hash_range", counting_hash_range)
+    for overrides in ({"overwrite": True}, {"DETECT_THRESH": 2.5}):
+        fingerprint.clear_fingerprint_cache()  # a fresh process
+        hashed.clear()
+        band.segment(**overrides)
+        assert band.seg_args["from_cache"] is False
+        assert hashed == [], overrides
+        again = read_provenance(band.seg_path)["inputs"]
+        assert {r: again[r]["data_sha256"] for r in again} == \
+            {r: first[r]["data_sha256"] for r in first}
+
+    st = band.wht_path.stat()
+    os.utime(band.wht_path, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
+    fingerprint.clear_fingerprint_cache()
+    hashed.clear()
+    band.segment(overwrite=True)
+    touched = read_provenance(band.seg_path)["inputs"]["wht"]
+    assert hashed == [touched["data_nbytes"]]  # the touched weight map only, once
+    assert touched["data_sha256"] == first["wht"]["data_sha256"]
+    assert touched["mtime_ns"] == st.st_mtime_ns - 10**9
+
+
+def test_rerun_hashes_inputs_recorded_in_the_racy_window_again(band, monkeypatch):
+    """A record taken within RACY_NS of the file's last change proves nothing
+    (a same-size rewrite in the same timestamp tick keeps the stat): such
+    inputs are hashed again."""
+    from galseg.products import fingerprint, store
+
+    monkeypatch.setattr(fingerprint, "_FULL_LIMIT", 4096)
+    monkeypatch.setattr(fingerprint, "RACY_NS", 0)  # memoised in-process
+    monkeypatch.setattr(store, "RACY_NS", 10**15)  # every record is racy for the store
+    fingerprint.clear_fingerprint_cache()
+    band.segment()
+    hashed = []
+    real_hash_range = fingerprint._hash_range
+    monkeypatch.setattr(fingerprint, "_hash_range",
+                        lambda fd, start, nbytes: hashed.append(nbytes)
+                        or real_hash_range(fd, start, nbytes))
+    fingerprint.clear_fingerprint_cache()
+    band.segment(overwrite=True)
+    assert len(hashed) == 2  # sci and wht, once each
+
+
 def test_overwrite_recomputes(band):
     band.segment()
     mtime = band.seg_path.stat().st_mtime_ns

@@ -27,7 +27,8 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-__all__ = ["input_fingerprint", "clear_fingerprint_cache", "remember_data_sha256", "RACY_NS"]
+__all__ = ["input_fingerprint", "clear_fingerprint_cache", "remember_data_sha256",
+           "adopt_recorded_data_sha256", "RACY_NS"]
 
 _BLOCK = 2880
 _CARD = 80
@@ -70,6 +71,38 @@ def remember_data_sha256(path, hdu: int, stat: tuple, sha256: str) -> bool:
         for key, fp in _MEMO.items():
             if key[0] == apath and key[2:] == stat and fp.get("hdu") == hdu:
                 fp["data_sha256"] = sha256
+                found = True
+    return found
+
+
+def adopt_recorded_data_sha256(record: dict) -> bool:
+    """Take the full data hash from a fingerprint recorded earlier (a product's
+    sidecar), so that ``input_fingerprint(..., full=True)`` need not read the
+    file again.
+
+    Only for a file whose memoised fingerprint (made at a stat outside the
+    racy window, see `RACY_NS`) has the record's path, inode, size, mtime and
+    ctime, HDU, header hash and sampled data hash: the product store trusts
+    the same unchanged stat to mean unchanged data when it checks a product
+    (the caller also checks that the *record* was not taken in the racy
+    window).  Returns whether one was found.
+    """
+    try:
+        apath = os.path.abspath(os.fspath(record["path"]))
+        stat = (record["ino"], record["size"], record["mtime_ns"], record["ctime_ns"])
+        sha256 = record["data_sha256"]
+        same = {f: record[f] for f in ("hdu", "header_sha256", "data_nbytes",
+                                       "data_sample_sha256")}
+    except (KeyError, TypeError):
+        return False
+    if not isinstance(sha256, str) or len(sha256) != 64:
+        return False
+    found = False
+    with _MEMO_LOCK:
+        for key, fp in _MEMO.items():
+            if (key[0] == apath and key[3:] == stat
+                    and all(fp.get(f) == v for f, v in same.items())):
+                fp.setdefault("data_sha256", sha256)
                 found = True
     return found
 
