@@ -2,7 +2,9 @@
 
 * the mesh background's ``backguess`` (prefix sums and a binary-searched
   median walk) against a line-by-line transcription of SExtractor's loop;
-* sep run on horizontal strips in forked processes against one run;
+* sep run on horizontal strips in forked processes against one run, and
+  apart on the single-peaked detections (without deblending sub-thresholds)
+  against one run;
 * zero-copy inputs (the science and rms arrays used as they are) and the
   pixel-flag map against the ``blank`` / ``iso_segmap`` / ``mask`` maps;
 * one compiled measurement kernel whatever the caller's array flags;
@@ -151,8 +153,9 @@ def test_sort_helpers_match_numpy():
 
 # --------------------------------------------------------------------------- sep strips
 def test_sep_on_strips_is_one_run(monkeypatch):
-    """The whole extraction with sep run on 3 strips at once is the one-run
-    extraction (sep's own random sharing differs, galseg redoes it)."""
+    """The whole extraction with sep run on 3 strips at once (each run apart
+    on its single-peaked detections) is the one-run extraction (sep's own
+    random sharing differs, galseg redoes it)."""
     from galseg.extract import detect as detect_module
 
     sci, rms = _dense(3)
@@ -160,6 +163,7 @@ def test_sep_on_strips_is_one_run(monkeypatch):
     out = {}
     for n in (1, 3):
         monkeypatch.setattr(detect_module, "_default_strips", lambda shape, nd, n=n: n)
+        monkeypatch.setattr(detect_module, "_SPLIT_MARGIN", float("inf") if n == 1 else 0.0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out[n] = run(sci, rms=rms, params=params)
@@ -171,6 +175,78 @@ def test_sep_on_strips_is_one_run(monkeypatch):
     for c in one.catalog.colnames:
         np.testing.assert_array_equal(np.asarray(three.catalog[c]), np.asarray(one.catalog[c]),
                                       err_msg=c)
+
+
+def test_single_peaked_detections():
+    """A detection with one pixel above all its neighbours cannot be split by
+    deblending; two peaks, or a flat top of two pixels, can (or might)."""
+    from galseg.extract.detect import _single_peaked
+
+    yy, xx = np.mgrid[:12, :30]
+
+    def blob(x0, y0):
+        return np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 4.0)
+
+    values = (blob(5, 5) + 0.6 * blob(12, 6) + blob(24, 5)).astype(np.float32)
+    values[9, 24] = values[9, 25] = 5.0  # a flat top of two pixels, far from the rest
+    values[9, 26] = 9.0  # outside the detections: the flat top's neighbour does not count
+    above = values > 0.3
+    above[9, 26] = False
+    above[9, 23:26] = [False, True, True]
+    above[8, 23:27] = above[10, 23:27] = False
+    # detections: the double blob (x < 18), the single blob, the flat top
+    pix = [np.flatnonzero((above & (xx < 18)).ravel()),
+           np.flatnonzero((above & (xx >= 18) & (yy < 9)).ravel()),
+           np.flatnonzero((above & (yy == 9) & (xx >= 24)).ravel())]
+    assert [len(p) for p in pix[2:]] == [2]
+    lcoff = np.cumsum([0] + [len(p) for p in pix])
+    got = _single_peaked(lcoff, np.concatenate(pix), values.ravel(), above.ravel(), 30)
+    assert got.tolist() == [False, True, False]
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_sep_split_by_peaks_is_one_run(monkeypatch, weighted):
+    """sep run apart on the single-peaked detections (no deblending
+    sub-thresholds) and on the others gives sep's objects, labels and random
+    sharing of one run, in the same order."""
+    from galseg.extract import detect as detect_module
+
+    sci, rms = _dense(2)
+    params = _params()
+    kernel = detection_kernel(params)
+    tfac = float(params["DETECT_THRESH"])
+    filtered = _filter(sci, kernel)
+    thresh = (_filter(rms, kernel, square=True, thresh_factor=tfac) if weighted
+              else float(np.float32(tfac * np.median(rms))))
+    calls = []
+    real_extract = detect_module._extract_growing
+
+    def counting_extract(image, err, minarea, nthresh, *rest):
+        calls.append(nthresh)
+        return real_extract(image, err, minarea, nthresh, *rest)
+
+    monkeypatch.setattr(detect_module, "_extract_growing", counting_extract)
+    out = {}
+    for margin in (float("inf"), 0.0):
+        monkeypatch.setattr(detect_module, "_SPLIT_MARGIN", margin)
+        calls.clear()
+        out[margin] = detect(filtered.copy(), thresh, params, strips=1)
+        out[margin, "calls"] = list(calls)
+    one, split = out[float("inf")], out[0.0]
+    assert out[float("inf"), "calls"] == [32] and out[0.0, "calls"] == [32, 1]
+    assert len(one.objects) > 150 and ((one.objects["flag"] & 1) != 0).sum() >= 10
+    assert one.objects.dtype == split.objects.dtype
+    for f in one.objects.dtype.names:
+        np.testing.assert_array_equal(split.objects[f], one.objects[f], err_msg=f)
+    np.testing.assert_array_equal(split.segmap, one.segmap)
+    np.testing.assert_array_equal(split.parent, one.parent)
+    shared = [sextractor_pixel_lists(d, sci, params, weighted=weighted) for d in (split, one)]
+    for a, b in zip(shared[0][:4], shared[1][:4]):
+        np.testing.assert_array_equal(a, b)
+    info = [d[-1] for d in shared]
+    assert info[0].keys() == info[1].keys()
+    for k in info[1]:
+        np.testing.assert_array_equal(info[0][k], info[1][k], err_msg=k)
 
 
 def test_strip_cuts_avoid_detections():

@@ -28,6 +28,8 @@ Like SExtractor, which filters and detects in a buffer of image lines,
 detected pixels a row at a time, cuts the image between detections into
 strips, and runs sep on strips that hold the maps' values on the detections
 only, which is all that is kept of them (`Detection.chain_filtered`).
+Detections with a single peak, which deblending cannot split, may go through
+sep apart, without the deblending sub-thresholds (`_sep_strip`).
 
 Two things SExtractor does depend on the *order* of each detection's linked
 pixel list: its CLEAN level (an order-dependent heap selection) and the
@@ -648,6 +650,11 @@ STRIP_MIN_SECONDS = 0.15
 #: Pixels per strip of `detect_streaming` (its filtered image and threshold
 #: never exist for more rows at a time): 2**21 float32 pixels, 8 MB.
 STREAM_STRIP_PIXELS = 1 << 21
+#: sep runs twice on a strip (`_sep_strip`) when the deblending it spares is
+#: estimated to cost this many times the extra scan
+_SPLIT_MARGIN = 2.0
+#: What the detected pixels of the other sep run are set to while it runs
+_HIDDEN = np.float32(-3.0e38)
 
 
 @numba.njit(cache=True)
@@ -725,12 +732,146 @@ def _scatter_labels(seg, pix, labels, offset):
         flat[pix[q]] = v + offset if v else 0
 
 
+@numba.njit(cache=True)
+def _single_peaked(lcoff, pix, values, above, width):
+    """Which detections have a single peak: one pixel without a higher
+    8-neighbour in the detection (``pix[lcoff[k]:lcoff[k + 1]]``, flat
+    indices into the strip's ``values``; ``above`` marks the strip's detected
+    pixels).
+
+    Deblending cannot split such a detection: from any of its pixels a path
+    of rising values leads to the peak, so at every sub-threshold its pixels
+    above form one 8-connected group.  A flat top of several equal pixels
+    counts as several peaks (such detections are deblended as usual).
+    """
+    n = lcoff.size - 1
+    out = np.zeros(n, np.bool_)
+    nrow = values.size // width
+    for k in range(n):
+        peaks = 0
+        for q in range(lcoff[k], lcoff[k + 1]):
+            p = pix[q]
+            y = p // width
+            x = p - y * width
+            v = values[p]
+            top = True
+            for dy in range(-1, 2):
+                yy = y + dy
+                if yy < 0 or yy >= nrow:
+                    continue
+                for dx in range(-1, 2):
+                    xx = x + dx
+                    if (dx == 0 and dy == 0) or xx < 0 or xx >= width:
+                        continue
+                    r = yy * width + xx
+                    if above[r] and values[r] > v:
+                        top = False
+            if top:
+                peaks += 1
+                if peaks > 1:
+                    break
+        out[k] = peaks == 1
+    return out
+
+
+@numba.njit(cache=True)
+def _object_chains(lcoff, labels, nobj):
+    """The detection (chain) of each of sep's objects, from the labels of the
+    detections' pixels; -1 for an object without a pixel."""
+    chain = np.full(nobj, -1, np.int64)
+    for k in range(lcoff.size - 1):
+        for q in range(lcoff[k], lcoff[k + 1]):
+            v = labels[q]
+            if v:
+                chain[v - 1] = k
+    return chain
+
+
+@numba.njit(cache=True)
+def _relabel(labels, new_index, offset):
+    """Labels ``v`` -> ``new_index[v - 1] + 1 + offset`` (0 stays 0)."""
+    out = np.empty(labels.size, np.int32)
+    for q in range(labels.size):
+        v = labels[q]
+        out[q] = new_index[v - 1] + 1 + offset if v else 0
+    return out
+
+
+def _split_worthwhile(n_single_pixels, strip_pixels, nthresh):
+    """Whether sep's deblending of the single-peaked detections' pixels costs
+    more than the extra scan of the strip their own sep run takes."""
+    saved = _SEP_COST_DETECTED * n_single_pixels * (nthresh - 1) / nthresh
+    return nthresh > 1 and saved > _SPLIT_MARGIN * _SEP_COST_PIXEL * strip_pixels
+
+
+def _sep_strip(image, thr, lcoff, pix, above, grow, offset):
+    """sep on one strip; its objects and the labels (``+ offset``) of its
+    detections' pixels ``pix`` (``lcoff``: each detection's range in ``pix``).
+
+    Most detections of a crowded field have a single peak
+    (`_single_peaked`), which sep's ``DEBLEND_NTHRESH`` sub-thresholds cannot
+    split but still scan one by one (about two thirds of sep's time on the
+    dense benchmark field).  When that costs more than a second scan of the
+    strip, sep runs twice: on the other detections with the deblending
+    sub-thresholds, then on the single-peaked ones without (each run sees
+    only its detections: the others' pixels are set to a value nothing
+    exceeds, then restored).  sep's objects then come in the detections'
+    order, as from one run: the same objects, flags and labels (deblending
+    draws random numbers only for detections it splits).
+    """
+    thr_arg = thr if np.ndim(thr) else float(thr)
+    flat = image.reshape(-1)
+    nthresh = grow[1]
+    single = None
+    if nthresh > 1 and lcoff.size > 1:
+        single = _single_peaked(lcoff, pix, flat, above.reshape(-1), image.shape[1])
+        sizes = np.diff(lcoff)
+        if not _split_worthwhile(int(sizes[single].sum()), flat.size, nthresh):
+            single = None
+    if single is None:
+        o, sseg, stack, sub = _extract_growing(image, thr_arg, *grow)
+        return o, _gather_labels(_int32_flat(sseg), pix, offset), stack, sub
+
+    in_single = np.repeat(single, np.diff(lcoff))
+    spix, mpix = pix[in_single], pix[~in_single]
+    runs = []
+    for hidden, nt in ((spix, nthresh), (mpix, 1)):
+        if hidden.size == pix.size:  # nothing left to run on
+            runs.append((_no_objects(), np.zeros(pix.size, np.int32), 0, 0))
+            continue
+        values = flat[hidden]
+        flat[hidden] = _HIDDEN
+        try:
+            o, sseg, stack, sub = _extract_growing(image, thr_arg, grow[0], nt, *grow[2:])
+        finally:
+            flat[hidden] = values
+        runs.append((o, _gather_labels(_int32_flat(sseg), pix, 0), stack, sub))
+        del sseg
+    (om, lm, stack_m, sub_m), (os_, ls, stack_s, sub_s) = runs
+    labels = np.where(ls > 0, ls + len(om), lm).astype(np.int32)
+    objs = np.concatenate([om, os_])
+    chain = _object_chains(lcoff, labels, len(objs))
+    if (chain < 0).any():
+        raise RuntimeError("sep's objects do not cover the strip's detections "
+                           "(internal error; please report)")
+    order = np.argsort(chain, kind="stable")  # within a detection: sep's order
+    new_index = np.empty(len(objs), np.int64)
+    new_index[order] = np.arange(len(objs))
+    return (objs[order], _relabel(labels, new_index, offset), max(stack_m, stack_s),
+            max(sub_m, sub_s))
+
+
+def _int32_flat(sseg):
+    return np.ascontiguousarray(sseg, dtype=np.int32).reshape(-1)
+
+
 _Y_FIELDS = ("y", "ymin", "ymax", "ycpeak", "ypeak")
 
 
-def _run_strips(source, bounds, strips, chain_lo, chain_hi, coff, cpix, args, seg=None):
+def _run_strips(source, above, bounds, strips, chain_lo, chain_hi, coff, cpix, args, seg=None):
     """sep on the given strips one after the other (strip ``k``: rows
-    ``bounds[k]..bounds[k + 1]``); a strip without a detection is skipped.
+    ``bounds[k]..bounds[k + 1]``, see `_sep_strip`); a strip without a
+    detection is skipped.  ``above``: the detected pixels (whole image);
     ``args``: sep's settings, the least pixel stack and the cumulative
     count of detected pixels per row (a strip's stack need not hold more).
 
@@ -766,12 +907,11 @@ def _run_strips(source, bounds, strips, chain_lo, chain_hi, coff, cpix, args, se
                 # (module docstring)
                 _set_chain_minimum(coff[chain_lo[k]:chain_hi[k] + 1] - c0, pix,
                                    thr.reshape(-1))
-            o, sseg, stack_k, sub_k = _extract_growing(
-                image, thr if np.ndim(thr) else float(thr), *grow)
+            o, lab, stack_k, sub_k = _sep_strip(
+                image, thr, coff[chain_lo[k]:chain_hi[k] + 1] - c0, pix, above[a:b], grow,
+                nobj)
         finally:
             source.release(image, thr, pix, tv)
-        lab = _gather_labels(np.ascontiguousarray(sseg, dtype=np.int32).reshape(-1), pix, nobj)
-        del sseg
         if seg is None:
             labels.append(lab)
         else:
@@ -789,7 +929,7 @@ def _run_strips(source, bounds, strips, chain_lo, chain_hi, coff, cpix, args, se
             np.concatenate(fvals), np.concatenate(tvals), stack, sublim)
 
 
-def _run_groups(source, bounds, groups, chain_lo, chain_hi, coff, cpix, args, seg):
+def _run_groups(source, above, bounds, groups, chain_lo, chain_hi, coff, cpix, args, seg):
     """`_run_strips` on each group of strips, the first in this process (its
     labels straight into ``seg``, while the children work) and the others in
     forked child processes at the same time (their results come back through
@@ -799,8 +939,8 @@ def _run_groups(source, bounds, groups, chain_lo, chain_hi, coff, cpix, args, se
     import warnings
 
     def run(g, seg=None):
-        return _run_strips(source, bounds, groups[g], chain_lo, chain_hi, coff, cpix, args,
-                           seg)
+        return _run_strips(source, above, bounds, groups[g], chain_lo, chain_hi, coff, cpix,
+                           args, seg)
 
     children = []
     for g in range(1, len(groups)):
@@ -894,7 +1034,8 @@ def _detect(source, params, strips):
     chain_lo, chain_hi = [0, *first], [*first, len(coff) - 1]
     with _parallel.small_pages():  # filled only on the detected pixels (see small_pages)
         seg = np.zeros((height, width), np.int32)
-    parts = _run_groups(source, bounds, groups, chain_lo, chain_hi, coff, cpix, args, seg)
+    parts = _run_groups(source, above, bounds, groups, chain_lo, chain_hi, coff, cpix, args,
+                        seg)
 
     chain_f = np.empty(cpix.size, np.float32)
     chain_t = np.empty(cpix.size, np.float32)
