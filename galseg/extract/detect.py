@@ -835,6 +835,8 @@ def _sep_strip(image, thr, lcoff, pix, above, grow, offset):
     in_single = np.repeat(single, np.diff(lcoff))
     spix, mpix = pix[in_single], pix[~in_single]
     runs = []
+    # the other detections with the sub-thresholds, then the single-peaked
+    # ones with one threshold (each run with the other set hidden)
     for hidden, nt in ((spix, nthresh), (mpix, 1)):
         if hidden.size == pix.size:  # nothing left to run on
             runs.append((_no_objects(), np.zeros(pix.size, np.int32), 0, 0))
