@@ -178,27 +178,28 @@ def test_sep_on_strips_is_one_run(monkeypatch):
 
 
 def test_single_peaked_detections():
-    """A detection with one pixel above all its neighbours cannot be split by
-    deblending; two peaks, or a flat top of two pixels, can (or might)."""
+    """A detection with one pixel above all its neighbours in the detection
+    cannot be split by deblending; two peaks, or a flat top of two pixels,
+    can (or might).  Pixels outside the detection do not count, however
+    bright."""
     from galseg.extract.detect import _single_peaked
 
-    yy, xx = np.mgrid[:12, :30]
+    yy, xx = np.mgrid[:14, :30]
 
     def blob(x0, y0):
         return np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 4.0)
 
     values = (blob(5, 5) + 0.6 * blob(12, 6) + blob(24, 5)).astype(np.float32)
-    values[9, 24] = values[9, 25] = 5.0  # a flat top of two pixels, far from the rest
-    values[9, 26] = 9.0  # outside the detections: the flat top's neighbour does not count
     above = values > 0.3
-    above[9, 26] = False
-    above[9, 23:26] = [False, True, True]
-    above[8, 23:27] = above[10, 23:27] = False
-    # detections: the double blob (x < 18), the single blob, the flat top
-    pix = [np.flatnonzero((above & (xx < 18)).ravel()),
-           np.flatnonzero((above & (xx >= 18) & (yy < 9)).ravel()),
-           np.flatnonzero((above & (yy == 9) & (xx >= 24)).ravel())]
-    assert [len(p) for p in pix[2:]] == [2]
+    # beside the single blob's peak, a bright pixel that is not detected
+    # (a higher threshold there)
+    values[5, 25], above[5, 25] = 9.0, False
+    # a flat top of two equal pixels, apart from the rest
+    values[12, 24:26], above[12, 24:26] = 5.0, True
+    pix = [np.flatnonzero((above & (xx < 18)).ravel()),             # two peaks
+           np.flatnonzero((above & (xx >= 18) & (yy < 10)).ravel()),  # one peak
+           np.flatnonzero((above & (yy == 12)).ravel())]              # flat top
+    assert [len(p) for p in pix[2:]] == [2] and above[5, 24]
     lcoff = np.cumsum([0] + [len(p) for p in pix])
     got = _single_peaked(lcoff, np.concatenate(pix), values.ravel(), above.ravel(), 30)
     assert got.tolist() == [False, True, False]
