@@ -787,21 +787,11 @@ def _object_chains(lcoff, labels, nobj):
     return chain
 
 
-@numba.njit(cache=True)
-def _relabel(labels, new_index, offset):
-    """Labels ``v`` -> ``new_index[v - 1] + 1 + offset`` (0 stays 0)."""
-    out = np.empty(labels.size, np.int32)
-    for q in range(labels.size):
-        v = labels[q]
-        out[q] = new_index[v - 1] + 1 + offset if v else 0
-    return out
-
-
 def _split_worthwhile(n_single_pixels, strip_pixels, nthresh):
     """Whether sep's deblending of the single-peaked detections' pixels costs
     more than the extra scan of the strip their own sep run takes."""
     saved = _SEP_COST_DETECTED * n_single_pixels * (nthresh - 1) / nthresh
-    return nthresh > 1 and saved > _SPLIT_MARGIN * _SEP_COST_PIXEL * strip_pixels
+    return saved > _SPLIT_MARGIN * _SEP_COST_PIXEL * strip_pixels
 
 
 def _sep_strip(image, thr, lcoff, pix, above, grow, offset):
@@ -822,17 +812,14 @@ def _sep_strip(image, thr, lcoff, pix, above, grow, offset):
     thr_arg = thr if np.ndim(thr) else float(thr)
     flat = image.reshape(-1)
     nthresh = grow[1]
-    single = None
-    if nthresh > 1 and lcoff.size > 1:
-        single = _single_peaked(lcoff, pix, flat, above.reshape(-1), image.shape[1])
-        sizes = np.diff(lcoff)
-        if not _split_worthwhile(int(sizes[single].sum()), flat.size, nthresh):
-            single = None
-    if single is None:
+    sizes = np.diff(lcoff)
+    single = (_single_peaked(lcoff, pix, flat, above.reshape(-1), image.shape[1])
+              if nthresh > 1 and sizes.size else None)
+    if single is None or not _split_worthwhile(int(sizes[single].sum()), flat.size, nthresh):
         o, sseg, stack, sub = _extract_growing(image, thr_arg, *grow)
         return o, _gather_labels(_int32_flat(sseg), pix, offset), stack, sub
 
-    in_single = np.repeat(single, np.diff(lcoff))
+    in_single = np.repeat(single, sizes)
     spix, mpix = pix[in_single], pix[~in_single]
     runs = []
     # the other detections with the sub-thresholds, then the single-peaked
@@ -857,10 +844,9 @@ def _sep_strip(image, thr, lcoff, pix, above, grow, offset):
         raise RuntimeError("sep's objects do not cover the strip's detections "
                            "(internal error; please report)")
     order = np.argsort(chain, kind="stable")  # within a detection: sep's order
-    new_index = np.empty(len(objs), np.int64)
-    new_index[order] = np.arange(len(objs))
-    return (objs[order], _relabel(labels, new_index, offset), max(stack_m, stack_s),
-            max(sub_m, sub_s))
+    new_label = np.zeros(len(objs) + 1, np.int32)  # old label -> new (0 stays 0)
+    new_label[order + 1] = np.arange(1, len(objs) + 1, dtype=np.int32) + offset
+    return objs[order], new_label[labels], max(stack_m, stack_s), max(sub_m, sub_s)
 
 
 def _int32_flat(sseg):
@@ -903,15 +889,13 @@ def _run_strips(source, above, bounds, strips, chain_lo, chain_hi, coff, cpix, a
         fvals.append(fv)
         tvals.append(tv)
         try:
+            lcoff = coff[chain_lo[k]:chain_hi[k] + 1] - c0  # the detections in pix
             if np.ndim(thr):
                 # Inside each detection, its minimum pixel threshold
                 # everywhere: sep then deblends from SExtractor's base level
                 # (module docstring)
-                _set_chain_minimum(coff[chain_lo[k]:chain_hi[k] + 1] - c0, pix,
-                                   thr.reshape(-1))
-            o, lab, stack_k, sub_k = _sep_strip(
-                image, thr, coff[chain_lo[k]:chain_hi[k] + 1] - c0, pix, above[a:b], grow,
-                nobj)
+                _set_chain_minimum(lcoff, pix, thr.reshape(-1))
+            o, lab, stack_k, sub_k = _sep_strip(image, thr, lcoff, pix, above[a:b], grow, nobj)
         finally:
             source.release(image, thr, pix, tv)
         if seg is None:

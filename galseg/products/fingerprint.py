@@ -64,13 +64,22 @@ def remember_data_sha256(path, hdu: int, stat: tuple, sha256: str) -> bool:
     Returns whether one was found (none is, e.g., for a file fingerprinted
     within `RACY_NS` of its last change).
     """
+    return _give_data_sha256(path, tuple(stat), {"hdu": hdu}, sha256, replace=True)
+
+
+def _give_data_sha256(path, stat: tuple, same: dict, sha256: str, *, replace: bool) -> bool:
+    """``data_sha256`` for the memoised fingerprints of ``path`` at ``stat``
+    (the tail of `_stat_key`: with or without ``st_dev``) whose fields
+    ``same`` match (``replace``: also where one is known); whether there
+    was one."""
     apath = os.path.abspath(os.fspath(path))
-    stat = tuple(stat)
     found = False
     with _MEMO_LOCK:
         for key, fp in _MEMO.items():
-            if key[0] == apath and key[2:] == stat and fp.get("hdu") == hdu:
-                fp["data_sha256"] = sha256
+            if (key[0] == apath and key[len(key) - len(stat):] == stat
+                    and all(fp.get(f) == v for f, v in same.items())):
+                if replace or "data_sha256" not in fp:
+                    fp["data_sha256"] = sha256
                 found = True
     return found
 
@@ -88,23 +97,15 @@ def adopt_recorded_data_sha256(record: dict) -> bool:
     window).  Returns whether one was found.
     """
     try:
-        apath = os.path.abspath(os.fspath(record["path"]))
+        path, sha256 = record["path"], record["data_sha256"]
         stat = (record["ino"], record["size"], record["mtime_ns"], record["ctime_ns"])
-        sha256 = record["data_sha256"]
         same = {f: record[f] for f in ("hdu", "header_sha256", "data_nbytes",
                                        "data_sample_sha256")}
     except (KeyError, TypeError):
         return False
     if not isinstance(sha256, str) or len(sha256) != 64:
         return False
-    found = False
-    with _MEMO_LOCK:
-        for key, fp in _MEMO.items():
-            if (key[0] == apath and key[3:] == stat
-                    and all(fp.get(f) == v for f, v in same.items())):
-                fp.setdefault("data_sha256", sha256)
-                found = True
-    return found
+    return _give_data_sha256(path, stat, same, sha256, replace=False)
 
 
 def _card_value(card: str) -> str | None:

@@ -123,6 +123,23 @@ def _write_part(path: Path, *, data: bytes | None = None, image=None, header=Non
     return {"name": path.name, **info, "ctime_ns": ctime}
 
 
+def _band_sidecars(directory: Path, survey: str, filt: str) -> list[tuple[Path, dict]]:
+    """The readable sidecars of one band's products in ``directory``, newest
+    first, as ``(path, parsed sidecar)``."""
+    found = []
+    for p in directory.glob(f"{survey}_{filt}_*{SIDECAR_SUFFIX}"):
+        try:
+            with open(p, "rb") as f:
+                sc = json.load(f)
+        except (OSError, ValueError):
+            continue
+        got = sc.get("product") if isinstance(sc, dict) else None
+        if isinstance(got, dict) and got.get("survey") == survey and got.get("filt") == filt:
+            found.append((sc.get("written_ns", 0), p, sc))
+    found.sort(key=lambda t: t[0], reverse=True)
+    return [(p, sc) for _, p, sc in found]
+
+
 def _file_stat_same(rec: dict, st: os.stat_result) -> bool:
     return (st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns")
             and st.st_ctime_ns == rec.get("ctime_ns") and st.st_ino == rec.get("ino"))
@@ -438,7 +455,7 @@ class ProductEntry:
             snap[role] = cur
         return snap
 
-    def reuse_recorded_input_hashes(self, *, max_sidecars: int = 16) -> list[str]:
+    def reuse_recorded_input_hashes(self) -> list[str]:
         """Take the inputs' full data hashes from earlier products of the band.
 
         Before a computation (an ``overwrite=True`` rerun, new parameters),
@@ -451,44 +468,29 @@ class ProductEntry:
         its recorded hash is used (see
         `~galseg.products.fingerprint.adopt_recorded_data_sha256`).
 
-        Parameters
-        ----------
-        max_sidecars : int
-            Read at most this many sidecars (the newest).
-
         Returns
         -------
         list of str
             The roles whose hash was taken.
         """
-        if self.key is None:
+        todo = {} if self.key is None else {
+            role: fp for role, fp in self.key.inputs.items() if "data_sha256" not in fp}
+        if not todo:
             return []
-        survey, filt = self.identity.get("survey"), self.identity.get("filt")
-        paths = {self.sidecar_path}
-        if survey and filt:
-            with contextlib.suppress(OSError):
-                paths.update(self.directory.glob(f"{survey}_{filt}_*{SIDECAR_SUFFIX}"))
-        dated = []
-        for p in paths:
-            with contextlib.suppress(OSError):
-                dated.append((p.stat().st_mtime_ns, p))
-        todo = {role: fp for role, fp in self.key.inputs.items() if "data_sha256" not in fp}
         taken: list[str] = []
-        for _, p in sorted(dated, reverse=True)[:max_sidecars]:
-            if not todo:
-                break
-            try:
-                with open(p, "rb") as f:
-                    sc = json.load(f)
-                recorded = sc.get("inputs", {}) if isinstance(sc, dict) else {}
-            except (OSError, ValueError):
+        for _, sc in _band_sidecars(self.directory, self.identity["survey"],
+                                    self.identity["filt"]):
+            recorded = sc.get("inputs")
+            if not isinstance(recorded, dict):
                 continue
             for role in list(todo):
-                rec = recorded.get(role) if isinstance(recorded, dict) else None
+                rec = recorded.get(role)
                 if (isinstance(rec, dict) and _input_stat_same(rec, todo[role])
                         and adopt_recorded_data_sha256(rec)):
                     taken.append(role)
                     del todo[role]
+            if not todo:
+                break
         if taken:
             log.debug("%s: input data hashes of %s taken from earlier products", self.stem,
                       ", ".join(taken))
@@ -708,23 +710,10 @@ class ProductStore:
         """Existing products (with a sidecar) of one band, newest first."""
         ident = self._identity(instrument, version, survey, filt, weight_type, label)
         directory = self.band_dir(instrument, version, survey, weight_type)
-        found = []
-        for p in directory.glob(f"{survey}_{filt}_*{SIDECAR_SUFFIX}"):
-            try:
-                with open(p, "rb") as f:
-                    sc = json.load(f)
-            except (OSError, ValueError):
-                continue
-            got = sc.get("product", {})
-            if got.get("survey") != survey or got.get("filt") != filt:
-                continue
-            if not any_label and got.get("label") != ident["label"]:
-                continue
-            entry = ProductEntry(directory, p.name[: -len(SIDECAR_SUFFIX)], got,
-                                 key_sha256=sc.get("key", {}).get("sha256"))
-            found.append((sc.get("written_ns", 0), entry))
-        found.sort(key=lambda t: t[0], reverse=True)
-        return [e for _, e in found]
+        return [ProductEntry(directory, p.name[: -len(SIDECAR_SUFFIX)], sc["product"],
+                             key_sha256=sc.get("key", {}).get("sha256"))
+                for p, sc in _band_sidecars(directory, survey, filt)
+                if any_label or sc["product"].get("label") == ident["label"]]
 
     def latest(self, instrument: str, version: str, survey: str, filt: str, weight_type: str,
                label: str | None = None, *, any_label: bool = False,
