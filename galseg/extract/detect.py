@@ -813,8 +813,9 @@ def _sep_strip(image, thr, lcoff, pix, above, grow, offset):
     flat = image.reshape(-1)
     nthresh = grow[1]
     sizes = np.diff(lcoff)
+    # (not even looked for where all detected pixels would not be worth it)
     single = (_single_peaked(lcoff, pix, flat, above.reshape(-1), image.shape[1])
-              if nthresh > 1 and sizes.size else None)
+              if nthresh > 1 and _split_worthwhile(pix.size, flat.size, nthresh) else None)
     if single is None or not _split_worthwhile(int(sizes[single].sum()), flat.size, nthresh):
         o, sseg, stack, sub = _extract_growing(image, thr_arg, *grow)
         return o, _gather_labels(_int32_flat(sseg), pix, offset), stack, sub
