@@ -269,8 +269,7 @@ def _values_at(j0, j1, pix, data, noise, kernel, square, tfac, fv, tv):
         x = pix[j] - y * width
         fv[j] = _correlate_at(data, kernel, y, x, False)
         if use_map:
-            v = np.float64(_correlate_at(noise, kernel, y, x, square))
-            tv[j] = np.float32(tfac * math.sqrt(v)) if v >= 0.0 else np.float32(np.nan)
+            tv[j] = _sqrt_threshold(_correlate_at(noise, kernel, y, x, square), tfac)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -279,8 +278,8 @@ def _sample_at(j0, j1, noise, kernel, square, tfac, step, out):
     pixel (`_correlate_at`)."""
     for j in range(j0, j1):
         for i in range(out.shape[1]):
-            v = np.float64(_correlate_at(noise, kernel, j * step, i * step, square))
-            out[j, i] = np.float32(tfac * math.sqrt(v)) if v >= 0.0 else np.float32(np.nan)
+            out[j, i] = _sqrt_threshold(_correlate_at(noise, kernel, j * step, i * step,
+                                                      square), tfac)
 
 
 def _summary(thresh_sample, thresh_min):
@@ -292,21 +291,25 @@ def _sample_step(shape):
     return max(1, int(math.sqrt(shape[0] * shape[1] / 2.5e5)))
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sqrt_threshold(fvar, t):
+    """SExtractor's threshold ``t * sqrt(fvar)`` of one pixel's filtered
+    variance (float32).  A negative filtered variance (kernels with negative
+    weights) gives NaN, a threshold nothing exceeds, as sqrt() gives SExtractor."""
+    v = np.float64(fvar)
+    return np.float32(t * math.sqrt(v)) if v >= 0.0 else np.float32(np.nan)
+
+
 @numba.njit(cache=True)
 def _threshold_row(row, t):
     for i in range(row.size):
-        v = np.float64(row[i])
-        row[i] = np.float32(t * math.sqrt(v)) if v >= 0.0 else np.float32(np.nan)
+        row[i] = _sqrt_threshold(row[i], t)
 
 
 @numba.njit(cache=True)
 def _threshold(fvar, t, out):
-    n = fvar.size
-    for i in range(n):
-        v = np.float64(fvar[i])
-        # negative filtered variance (kernels with negative weights): NaN,
-        # a threshold nothing exceeds, as sqrt() gives SExtractor
-        out[i] = np.float32(t * math.sqrt(v)) if v >= 0.0 else np.float32(np.nan)
+    for i in range(fvar.size):
+        out[i] = _sqrt_threshold(fvar[i], t)
 
 
 def threshold_map(params, *, fvar=None, backsig=None, out=None):
